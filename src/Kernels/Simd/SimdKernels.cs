@@ -1,0 +1,396 @@
+using System.Numerics.Tensors;
+using System.Runtime.CompilerServices;
+using Engine.Kernels.Threading;
+using Engine.Loader;
+
+namespace Engine.Kernels.Simd;
+
+/// <summary>
+/// "cpu": vectorised (TensorPrimitives picks Vector512/256/128 or scalar at run time) and multi-threaded over a
+/// <see cref="WorkerPool"/>. Allocates nothing per call after warm-up: work items are reusable objects, per-thread
+/// scratch is grown once. Work is split so that every output element is computed by the same sequence of float
+/// operations whatever the thread count: results are deterministic across runs and thread counts.
+/// </summary>
+public sealed unsafe class SimdKernels : IKernels
+{
+    public string Name => "cpu";
+    readonly WorkerPool _pool;
+
+    public SimdKernels(WorkerPool? pool = null)
+    {
+        _pool = pool ?? WorkerPool.Shared;
+        _matNk = new MatMulOutMajorWork(); _matKn = new MatMulInMajorWork(); _norm = new NormWork();
+        _attn = new AttentionWork(); _act = new ActivationWork(); _rope = new RopeWork();
+    }
+
+    [ThreadStatic] static float[]? t_scratchA, t_scratchB;
+
+    static Span<float> ScratchA(int n) => (t_scratchA is { } a && a.Length >= n ? a : (t_scratchA = new float[Math.Max(n, 1024)])).AsSpan(0, n);
+    static Span<float> ScratchB(int n) => (t_scratchB is { } a && a.Length >= n ? a : (t_scratchB = new float[Math.Max(n, 1024)])).AsSpan(0, n);
+
+    /// <summary>Splits n units into items of at least minPerItem units, at most 4 items per thread.</summary>
+    int Items(long n, long minPerItem) => (int)Math.Clamp(n / Math.Max(1, minPerItem), 1, Math.Max(1, Math.Min(n, _pool.Threads * 4L)));
+
+    // ---------------------------------------------------------------- embedding
+
+    public void EmbeddingGather(ReadOnlySpan<int> ids, TensorView table, Span<float> dst)
+    {
+        int d = (int)table.Shape[1];
+        for (int t = 0; t < ids.Length; t++) table.Widen((long)ids[t] * d, dst.Slice(t * d, d));
+    }
+
+    // ---------------------------------------------------------------- matmul
+
+    readonly MatMulOutMajorWork _matNk;
+    readonly MatMulInMajorWork _matKn;
+
+    public void MatMul(ReadOnlySpan<float> x, int rows, Linear w, Span<float> y)
+    {
+        if (x.Length < rows * w.In || y.Length < rows * w.Out) throw new ArgumentException("matmul buffers too small");
+        fixed (float* px = x, py = y)
+        {
+            if (w.InputMajor)
+            {
+                var job = _matKn;
+                job.X = px; job.Y = py; job.Rows = rows; job.W = w;
+                job.Chunk = 64;
+                int chunks = (w.Out + job.Chunk - 1) / job.Chunk;
+                _pool.Run(job, chunks);
+                job.W = null!;
+            }
+            else
+            {
+                var job = _matNk;
+                job.X = px; job.Y = py; job.Rows = rows; job.W = w;
+                int items = Items((long)w.Out * rows * w.In, 1 << 16);
+                job.PerItem = (w.Out + items - 1) / items;
+                _pool.Run(job, (w.Out + job.PerItem - 1) / job.PerItem);
+                job.W = null!;
+            }
+        }
+    }
+
+    /// <summary>W [Out, In]: y[m, o] = dot(x[m], W[o]) + b[o]; items are ranges of output columns.</summary>
+    sealed class MatMulOutMajorWork : IParallelWork
+    {
+        public float* X, Y; public int Rows, PerItem; public Linear W = null!;
+        public void Execute(int index)
+        {
+            int k = W.In, n = W.Out;
+            int o0 = index * PerItem, o1 = Math.Min(n, o0 + PerItem);
+            var wv = W.W;
+            var bias = W.Bias;
+            for (int o = o0; o < o1; o++)
+            {
+                ReadOnlySpan<float> wrow;
+                if (wv.DType == DType.F32) wrow = new ReadOnlySpan<float>(wv.Data + (long)o * k * 4, k);
+                else { var buf = ScratchA(k); wv.Widen((long)o * k, buf); wrow = buf; }
+                float b = bias != null ? bias[o] : 0f;
+                for (int m = 0; m < Rows; m++)
+                    Y[(long)m * n + o] = TensorPrimitives.Dot(new ReadOnlySpan<float>(X + (long)m * k, k), wrow) + b;
+            }
+        }
+    }
+
+    /// <summary>W [In, Out] (Conv1D): y[m, seg] = b[seg] + sum_k x[m, k] W[k, seg], k ascending; items are column segments.</summary>
+    sealed class MatMulInMajorWork : IParallelWork
+    {
+        public float* X, Y; public int Rows, Chunk; public Linear W = null!;
+        public void Execute(int index)
+        {
+            int k = W.In, n = W.Out;
+            int c0 = index * Chunk, width = Math.Min(n, c0 + Chunk) - c0;
+            var wv = W.W;
+            for (int m = 0; m < Rows; m++)
+            {
+                var yseg = new Span<float>(Y + (long)m * n + c0, width);
+                if (W.Bias != null) W.Bias.AsSpan(c0, width).CopyTo(yseg); else yseg.Clear();
+            }
+            var buf = wv.DType == DType.F32 ? default : ScratchA(width);
+            for (int i = 0; i < k; i++)
+            {
+                ReadOnlySpan<float> wseg;
+                if (wv.DType == DType.F32) wseg = new ReadOnlySpan<float>(wv.Data + ((long)i * n + c0) * 4, width);
+                else { wv.Widen((long)i * n + c0, buf); wseg = buf; }
+                for (int m = 0; m < Rows; m++)
+                {
+                    var yseg = new Span<float>(Y + (long)m * n + c0, width);
+                    TensorPrimitives.MultiplyAdd(wseg, X[(long)m * k + i], yseg, yseg);
+                }
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- norms
+
+    readonly NormWork _norm;
+
+    public void LayerNorm(ReadOnlySpan<float> x, int rows, int dim, ReadOnlySpan<float> weight, ReadOnlySpan<float> bias, float eps, Span<float> y, Span<float> scale)
+        => RunNorm(true, x, rows, dim, weight, bias, 0f, eps, y, scale);
+
+    public void RmsNorm(ReadOnlySpan<float> x, int rows, int dim, ReadOnlySpan<float> weight, float weightOffset, float eps, Span<float> y, Span<float> scale)
+        => RunNorm(false, x, rows, dim, weight, default, weightOffset, eps, y, scale);
+
+    void RunNorm(bool layer, ReadOnlySpan<float> x, int rows, int dim, ReadOnlySpan<float> weight, ReadOnlySpan<float> bias, float offset, float eps, Span<float> y, Span<float> scale)
+    {
+        fixed (float* px = x, py = y, ps = scale, pw = weight, pb = bias)
+        {
+            var job = _norm;
+            job.X = px; job.Y = py; job.S = ps; job.Wt = pw; job.B = bias.IsEmpty ? null : pb;
+            job.Dim = dim; job.Eps = eps; job.Offset = offset; job.Layer = layer; job.Rows = rows;
+            int items = Items((long)rows * dim, 1 << 14);
+            job.PerItem = (rows + items - 1) / items;
+            _pool.Run(job, (rows + job.PerItem - 1) / job.PerItem);
+        }
+    }
+
+    sealed class NormWork : IParallelWork
+    {
+        public float* X, Y, S, Wt, B; public int Dim, Rows, PerItem; public float Eps, Offset; public bool Layer;
+        public void Execute(int index)
+        {
+            int r1 = Math.Min(Rows, (index + 1) * PerItem);
+            var w = new ReadOnlySpan<float>(Wt, Dim);
+            for (int r = index * PerItem; r < r1; r++)
+            {
+                var x = new ReadOnlySpan<float>(X + (long)r * Dim, Dim);
+                var y = new Span<float>(Y + (long)r * Dim, Dim);
+                if (Layer)
+                {
+                    float mean = TensorPrimitives.Sum(x) / Dim;
+                    TensorPrimitives.Subtract(x, mean, y);                 // y = x - mean
+                    float s = MathF.Sqrt(TensorPrimitives.SumOfSquares(y) / Dim + Eps);
+                    S[r] = s;
+                    TensorPrimitives.Multiply(y, 1f / s, y);
+                    if (B != null) TensorPrimitives.MultiplyAdd(y, w, new ReadOnlySpan<float>(B, Dim), y);
+                    else TensorPrimitives.Multiply(y, w, y);
+                }
+                else
+                {
+                    float s = MathF.Sqrt(TensorPrimitives.SumOfSquares(x) / Dim + Eps);
+                    S[r] = s;
+                    TensorPrimitives.Multiply(x, 1f / s, y);
+                    if (Offset != 0f)
+                    {
+                        var wo = ScratchA(Dim);
+                        TensorPrimitives.Add(w, Offset, wo);
+                        TensorPrimitives.Multiply(y, wo, y);
+                    }
+                    else TensorPrimitives.Multiply(y, w, y);
+                }
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- rope
+
+    readonly RopeWork _rope;
+
+    public void Rope(Span<float> x, int rows, int heads, int headDim, int pos0, RopeTable rope)
+    {
+        if (pos0 + rows > rope.MaxPositions) throw new ArgumentOutOfRangeException(nameof(rows), "position beyond the RoPE table");
+        fixed (float* px = x)
+        {
+            var job = _rope;
+            job.X = px; job.Heads = heads; job.HeadDim = headDim; job.Pos0 = pos0; job.Table = rope;
+            _pool.Run(job, rows);
+            job.Table = null!;
+        }
+    }
+
+    sealed class RopeWork : IParallelWork
+    {
+        public float* X; public int Heads, HeadDim, Pos0; public RopeTable Table = null!;
+        public void Execute(int t)
+        {
+            int half = Table.RotaryDim / 2, p = Pos0 + t;
+            var cos = Table.Cos.AsSpan(p * half, half);
+            var sin = Table.Sin.AsSpan(p * half, half);
+            for (int h = 0; h < Heads; h++)
+            {
+                float* v = X + ((long)t * Heads + h) * HeadDim;
+                for (int i = 0; i < half; i++)
+                {
+                    float x1 = v[i], x2 = v[i + half];
+                    v[i] = x1 * cos[i] - x2 * sin[i];
+                    v[i + half] = x2 * cos[i] + x1 * sin[i];
+                }
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- attention
+
+    readonly AttentionWork _attn;
+
+    enum AttnStep { Scores, Softmax, Mix, Fused }
+
+    public void AttentionScores(ReadOnlySpan<float> q, ReadOnlySpan<float> k, in AttentionShape s, Span<float> scores)
+    {
+        fixed (float* pq = q, pk = k, ps = scores) RunAttention(AttnStep.Scores, pq, pk, null, ps, null, s);
+    }
+
+    public void AttentionSoftmax(ReadOnlySpan<float> scores, in AttentionShape s, Span<float> pattern)
+    {
+        fixed (float* ps = scores, pp = pattern) RunAttention(AttnStep.Softmax, null, null, null, ps, pp, s);
+    }
+
+    public void AttentionMix(ReadOnlySpan<float> pattern, ReadOnlySpan<float> v, in AttentionShape s, Span<float> z)
+    {
+        fixed (float* pp = pattern, pv = v, pz = z)
+        {
+            var job = _attn;
+            job.Z = pz;
+            RunAttention(AttnStep.Mix, null, null, pv, null, pp, s);
+        }
+    }
+
+    public void Attention(ReadOnlySpan<float> q, ReadOnlySpan<float> k, ReadOnlySpan<float> v, in AttentionShape s, Span<float> z)
+    {
+        fixed (float* pq = q, pk = k, pv = v, pz = z)
+        {
+            _attn.Z = pz;
+            RunAttention(AttnStep.Fused, pq, pk, pv, null, null, s);
+        }
+    }
+
+    void RunAttention(AttnStep step, float* q, float* k, float* v, float* scores, float* pattern, in AttentionShape s)
+    {
+        var job = _attn;
+        job.Step = step; job.Q = q; job.K = k; job.V = v; job.Scores = scores; job.Pattern = pattern; job.Shape = s;
+        _pool.Run(job, s.Heads * s.Rows);
+    }
+
+    /// <summary>Items are (head, query row) pairs. The fused step runs the same three row functions on scratch.</summary>
+    sealed class AttentionWork : IParallelWork
+    {
+        public AttnStep Step; public float* Q, K, V, Z, Scores, Pattern; public AttentionShape Shape;
+
+        public void Execute(int index)
+        {
+            var s = Shape;
+            int h = index / s.Rows, t = index % s.Rows;
+            int tk = s.Keys, n = s.Pos0 + t + 1;
+            long rowOff = ((long)h * s.Rows + t) * tk;
+            switch (Step)
+            {
+                case AttnStep.Scores: ScoreRow(h, t, new Span<float>(Scores + rowOff, tk)); break;
+                case AttnStep.Softmax: SoftmaxRow(new ReadOnlySpan<float>(Scores + rowOff, tk), n, new Span<float>(Pattern + rowOff, tk)); break;
+                case AttnStep.Mix: MixRow(h, t, new ReadOnlySpan<float>(Pattern + rowOff, tk)); break;
+                default:
+                {
+                    var sc = ScratchA(tk);
+                    var p = ScratchB(tk);
+                    ScoreRow(h, t, sc);
+                    SoftmaxRow(sc, n, p);
+                    MixRow(h, t, p);
+                    break;
+                }
+            }
+        }
+
+        void ScoreRow(int h, int t, Span<float> dst)
+        {
+            var s = Shape;
+            int d = s.HeadDim, n = s.Pos0 + t + 1, kvh = h / s.Group;
+            var q = new ReadOnlySpan<float>(Q + ((long)t * s.Heads + h) * d, d);
+            for (int j = 0; j < n; j++)
+                dst[j] = TensorPrimitives.Dot(q, new ReadOnlySpan<float>(K + ((long)j * s.KvHeads + kvh) * d, d)) * s.Scale;
+            dst[n..].Fill(float.NegativeInfinity);
+        }
+
+        static void SoftmaxRow(ReadOnlySpan<float> src, int n, Span<float> dst)
+        {
+            var row = dst[..n];
+            float max = TensorPrimitives.Max(src[..n]);
+            TensorPrimitives.Subtract(src[..n], max, row);
+            TensorPrimitives.Exp(row, row);
+            float sum = TensorPrimitives.Sum(row);
+            TensorPrimitives.Divide(row, sum, row);
+            dst[n..].Clear();
+        }
+
+        void MixRow(int h, int t, ReadOnlySpan<float> p)
+        {
+            var s = Shape;
+            int d = s.HeadDim, n = s.Pos0 + t + 1, kvh = h / s.Group;
+            var z = new Span<float>(Z + ((long)t * s.Heads + h) * d, d);
+            z.Clear();
+            for (int j = 0; j < n; j++)
+                TensorPrimitives.MultiplyAdd(new ReadOnlySpan<float>(V + ((long)j * s.KvHeads + kvh) * d, d), p[j], z, z);
+        }
+    }
+
+    // ---------------------------------------------------------------- elementwise
+
+    readonly ActivationWork _act;
+    const int ElementChunk = 4096;
+
+    public void Activation(ActivationKind kind, ReadOnlySpan<float> x, Span<float> y) => RunActivation(kind, x, default, y, false);
+
+    public void GatedActivation(ActivationKind kind, ReadOnlySpan<float> gate, ReadOnlySpan<float> up, Span<float> y) => RunActivation(kind, gate, up, y, true);
+
+    void RunActivation(ActivationKind kind, ReadOnlySpan<float> x, ReadOnlySpan<float> up, Span<float> y, bool gated)
+    {
+        fixed (float* px = x, pu = up, py = y)
+        {
+            var job = _act;
+            job.X = px; job.Up = pu; job.Y = py; job.N = x.Length; job.Kind = kind; job.Gated = gated;
+            _pool.Run(job, (x.Length + ElementChunk - 1) / ElementChunk);
+        }
+    }
+
+    sealed class ActivationWork : IParallelWork
+    {
+        public float* X, Up, Y; public int N; public ActivationKind Kind; public bool Gated;
+        public void Execute(int index)
+        {
+            int i0 = index * ElementChunk, len = Math.Min(N, i0 + ElementChunk) - i0;
+            var x = new ReadOnlySpan<float>(X + i0, len);
+            var tmp = ScratchA(len);
+            Apply(Kind, x, tmp);
+            var y = new Span<float>(Y + i0, len);
+            if (Gated) TensorPrimitives.Multiply(tmp, new ReadOnlySpan<float>(Up + i0, len), y);
+            else tmp.CopyTo(y);
+        }
+    }
+
+    /// <summary>Vector forms of <see cref="ScalarMath"/>'s activations; dst must not alias x.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static void Apply(ActivationKind kind, ReadOnlySpan<float> x, Span<float> dst)
+    {
+        switch (kind)
+        {
+            case ActivationKind.GeluTanh:
+                // 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+                TensorPrimitives.Multiply(x, x, dst);
+                TensorPrimitives.Multiply(dst, (float)ScalarMath.GeluCoeff, dst);
+                TensorPrimitives.MultiplyAdd(dst, x, x, dst);            // x + c x^3
+                TensorPrimitives.Multiply(dst, (float)ScalarMath.Sqrt2OverPi, dst);
+                TensorPrimitives.Tanh(dst, dst);
+                TensorPrimitives.Add(dst, 1f, dst);
+                TensorPrimitives.Multiply(dst, x, dst);
+                TensorPrimitives.Multiply(dst, 0.5f, dst);
+                break;
+            case ActivationKind.Silu:
+                TensorPrimitives.Sigmoid(x, dst);
+                TensorPrimitives.Multiply(dst, x, dst);
+                break;
+            case ActivationKind.QuickGelu:
+                TensorPrimitives.Multiply(x, 1.702f, dst);
+                TensorPrimitives.Sigmoid(dst, dst);
+                TensorPrimitives.Multiply(dst, x, dst);
+                break;
+            case ActivationKind.Relu:
+                for (int i = 0; i < x.Length; i++) dst[i] = ScalarMath.Relu(x[i]);
+                break;
+            default:
+                for (int i = 0; i < x.Length; i++) dst[i] = ScalarMath.Apply(kind, x[i]);
+                break;
+        }
+    }
+
+    public void AddInPlace(ReadOnlySpan<float> x, Span<float> acc) => TensorPrimitives.Add(acc, x, acc);
+
+    public void ScaleInPlace(Span<float> x, float s) => TensorPrimitives.Multiply(x, s, x);
+}
