@@ -1,6 +1,76 @@
+using Engine.Cli.Commands;
+using Engine.Loader;
+
 namespace Engine.Cli;
 
+/// <summary>
+/// The `engine` command. Exit codes: 0 success; 1 internal error; 2 bad arguments or input (UsageException);
+/// 3 malformed or unsupported model files (ModelFormatException / ModelConfigException). Errors are one line on stderr.
+/// </summary>
 public static class Program
 {
-    public static int Main(string[] args) => 0;
+    public static IReadOnlyList<CommandSpec> Commands { get; } =
+    [
+        InfoCommand.Spec, RunCommand.Spec, GenerateCommand.Spec, CacheCommand.Spec, DemoCommand.Spec,
+        .. InterpCommands.Specs,
+    ];
+
+    public static int Main(string[] args) => Run(args, Console.Out, Console.Error);
+
+    public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
+    {
+        if (args.Length == 0 || args[0] is "--help" or "-h" or "help")
+        {
+            stdout.Write(Overview());
+            return args.Length == 0 ? 2 : 0;
+        }
+        if (args[0] == "--version") { stdout.WriteLine("engine " + typeof(Program).Assembly.GetName().Version); return 0; }
+        var cmd = Commands.FirstOrDefault(c => c.Name == args[0]);
+        if (cmd == null)
+        {
+            stderr.WriteLine($"engine: error: unknown command '{args[0]}' (commands: {string.Join(", ", Commands.Select(c => c.Name))})");
+            return 2;
+        }
+        if (args.Skip(1).Any(a => a is "--help" or "-h")) { stdout.Write(CliArgs.HelpText(cmd)); return 0; }
+        try
+        {
+            var parsed = CliArgs.Parse(cmd, args[1..], stdout, stderr);
+            return cmd.Run(parsed);
+        }
+        catch (Exception e)
+        {
+            var (code, message) = Describe(e);
+            stderr.WriteLine("engine: error: " + message);
+            if (Environment.GetEnvironmentVariable("ENGINE_DEBUG") == "1") stderr.WriteLine(e);
+            return code;
+        }
+    }
+
+    /// <summary>Exit code and one-line message of an exception.</summary>
+    public static (int Code, string Message) Describe(Exception e)
+    {
+        if (e is AggregateException { InnerExceptions.Count: 1 } agg) e = agg.InnerException!;
+        string oneLine(string s) => s.ReplaceLineEndings(" ").Trim();
+        return e switch
+        {
+            UsageException => (2, oneLine(e.Message)),
+            ModelFormatException or ModelConfigException => (3, oneLine(e.Message)),
+            EngineException => (2, oneLine(e.Message)),
+            OutOfMemoryException => (1, "out of memory: " + oneLine(e.Message)),
+            IOException or UnauthorizedAccessException => (2, oneLine(e.Message)),
+            _ => (1, $"internal error ({e.GetType().Name}): {oneLine(e.Message)} (set ENGINE_DEBUG=1 for details)"),
+        };
+    }
+
+    static string Overview()
+    {
+        var sb = new System.Text.StringBuilder();
+        sb.AppendLine("engine: a transformer inference engine whose every layer can be watched and rewritten.");
+        sb.AppendLine();
+        sb.AppendLine("usage: engine COMMAND [options]   (engine COMMAND --help for its options)");
+        sb.AppendLine();
+        sb.AppendLine("commands:");
+        foreach (var c in Commands) sb.AppendLine($"  {c.Name,-10} {c.Summary}");
+        return sb.ToString();
+    }
 }

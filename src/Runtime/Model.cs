@@ -1,5 +1,5 @@
 using Engine.Loader;
-
+using Engine.Loader.Tokenization;
 
 namespace Engine.Runtime;
 
@@ -12,12 +12,12 @@ public sealed class Model : IDisposable
     public string Folder { get; }
     public ModelConfig Config { get; }
     public ModelWeights Weights { get; }
-    public object? Tokenizer { get; }
+    public ModelTokenizer? Tokenizer { get; }
     /// <summary>Checkpoint tensors that no role uses (reported, not fatal).</summary>
     public IReadOnlyList<string> UnusedTensors { get; }
     readonly WeightStore _store;
 
-    Model(string folder, ModelConfig config, WeightStore store, ModelWeights weights, object? tokenizer)
+    Model(string folder, ModelConfig config, WeightStore store, ModelWeights weights, ModelTokenizer? tokenizer)
     {
         Folder = folder; Config = config; _store = store; Weights = weights; Tokenizer = tokenizer;
         UnusedTensors = store.Unused.ToList();
@@ -36,7 +36,7 @@ public sealed class Model : IDisposable
             var weights = ModelWeights.Bind(config, store);
             if (config.Positions == PositionKind.Learned && weights.PositionEmbedding is { } wpe && wpe.Shape[0] < config.ContextLength)
                 config = config with { ContextLength = (int)wpe.Shape[0] };
-            object? tokenizer = null;
+            var tokenizer = ModelTokenizer.TryLoad(folder, config);
             return new Model(folder, config, store, weights, tokenizer);
         }
         catch

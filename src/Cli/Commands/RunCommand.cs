@@ -1,0 +1,74 @@
+using Engine.Loader;
+using Engine.Runtime;
+
+namespace Engine.Cli.Commands;
+
+/// <summary>engine run: one forward pass; next-token predictions; optionally all logits to a safetensors file.</summary>
+public static class RunCommand
+{
+    public static CommandSpec Spec { get; } = new("run", "run a prompt once and show the next-token predictions",
+        "engine run --model M (--prompt TEXT | --tokens 1,2,3) [--top K] [--json] [--save-logits FILE.safetensors] [--backend B]",
+        [Common.ModelOption, .. Common.InputOptions,
+         new("--top", "how many predictions to show", ValueName: "K", Default: "10"),
+         new("--save-logits", "write tensor 'logits' [T, V] F32 to this safetensors file", ValueName: "FILE"),
+         Common.ForceOption, Common.BackendOption, Common.JsonOption], Run);
+
+    static int Run(CliArgs a)
+    {
+        int top = a.Int("--top", 10, 1, 1_000_000);
+        string? savePath = a.Has("--save-logits") ? Common.OutputPath(a, "--save-logits") : null;
+        using var model = Common.LoadModel(a);
+        var tokens = Common.InputTokens(a, model);
+        using var session = Common.OpenSession(a, model, tokens.Length);
+        var logits = session.Run(tokens);
+        int V = model.Config.VocabSize, T = tokens.Length;
+        var last = logits.Slice((T - 1) * V, V);
+        var probs = Common.Softmax(last);
+        var ids = Common.TopK(last, top);
+        var tok = Common.Tokenizer(model);
+        if (savePath != null)
+            SafeTensorWriter.Write(savePath, [SafeTensorWriter.F32("logits", [T, V], logits)],
+                new Dictionary<string, string> { ["tokens"] = "[" + string.Join(", ", tokens) + "]", ["producer"] = "engine run" });
+        if (a.Flag("--json"))
+        {
+            var argmax = new int[T];
+            for (int t = 0; t < T; t++) argmax[t] = Session.ArgMax(logits.Slice(t * V, V));
+            var copy = last.ToArray();
+            Common.WriteJson(a.Out, w =>
+            {
+                w.WriteStartObject();
+                w.Header("run", model, session.Kernels.Name);
+                w.Ints("tokens", tokens);
+                if (tok != null)
+                {
+                    w.WriteStartArray("token_texts");
+                    foreach (var t in tokens) w.WriteStringValue(Common.TokenText(tok, t));
+                    w.WriteEndArray();
+                }
+                w.Ints("argmax_per_position", argmax);
+                w.WriteStartArray("top");
+                foreach (var id in ids)
+                {
+                    w.WriteStartObject();
+                    w.WriteNumber("id", id);
+                    if (tok != null) w.WriteString("text", Common.TokenText(tok, id));
+                    w.WritePropertyName("logit"); w.Number(copy[id]);
+                    w.WritePropertyName("prob"); w.Number(probs[id]);
+                    w.WriteEndObject();
+                }
+                w.WriteEndArray();
+                if (savePath != null) w.WriteString("saved_logits", savePath);
+                w.WriteEndObject();
+            });
+            return 0;
+        }
+        a.Out.WriteLine($"{T} tokens: {string.Join(" ", tokens)}");
+        a.Out.WriteLine($"next-token predictions at position {T - 1}:");
+        foreach (var id in ids)
+            a.Out.WriteLine($"  {id,7}  {probs[id],8:P2}  logit {last[id],9:F4}  {Quote(Common.TokenText(tok, id))}");
+        if (savePath != null) a.Out.WriteLine($"logits [{T}, {V}] written to {savePath}");
+        return 0;
+    }
+
+    internal static string Quote(string s) => "'" + s.Replace("\n", "\\n").Replace("\r", "\\r").Replace("\t", "\\t") + "'";
+}
