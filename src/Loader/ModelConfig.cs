@@ -87,6 +87,7 @@ public sealed record ModelConfig
         byte[] bytes;
         try { bytes = File.ReadAllBytes(configPath); }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException) { throw new ModelConfigException($"{configPath}: cannot read ({e.Message})"); }
+        if (!System.Text.Unicode.Utf8.IsValid(bytes)) throw new ModelConfigException($"{configPath}: not valid UTF-8 JSON");
         JsonDocument doc;
         try { doc = JsonDocument.Parse(bytes, new JsonDocumentOptions { MaxDepth = 64, AllowTrailingCommas = true, CommentHandling = JsonCommentHandling.Skip }); }
         catch (JsonException e) { throw new ModelConfigException($"{configPath}: not valid JSON ({e.Message.Split('\n')[0]})"); }

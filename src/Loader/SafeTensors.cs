@@ -38,6 +38,9 @@ public readonly unsafe struct TensorView
         return new ReadOnlySpan<float>(Data, checked((int)ElementCount));
     }
 
+    /// <summary>The raw bytes (tensors under 2 GiB).</summary>
+    public ReadOnlySpan<byte> AsBytes() => new(Data, checked((int)Info.ByteLength));
+
     /// <summary>The raw 16-bit values (F16/BF16 tensors).</summary>
     public ReadOnlySpan<ushort> AsUInt16()
     {
@@ -174,6 +177,8 @@ public sealed unsafe class SafeTensorFile : IDisposable
 
     static (Dictionary<string, TensorInfo>, Dictionary<string, string>) ParseHeader(string path, ReadOnlySpan<byte> json, long dataStart, long fileLength)
     {
+        if (!System.Text.Unicode.Utf8.IsValid(json))
+            throw new ModelFormatException($"{path}: header is not valid UTF-8 JSON");
         JsonDocument doc;
         try
         {

@@ -45,8 +45,10 @@ public sealed class WeightStore : IDisposable
 
     void OpenSharded(string indexPath)
     {
+        var bytes = File.ReadAllBytes(indexPath);
+        if (!System.Text.Unicode.Utf8.IsValid(bytes)) throw new ModelFormatException($"{indexPath}: not valid UTF-8 JSON");
         JsonDocument doc;
-        try { doc = JsonDocument.Parse(File.ReadAllBytes(indexPath), new JsonDocumentOptions { MaxDepth = 16 }); }
+        try { doc = JsonDocument.Parse(bytes, new JsonDocumentOptions { MaxDepth = 16 }); }
         catch (Exception e) when (e is JsonException or ArgumentException) { throw new ModelFormatException($"{indexPath}: not valid JSON ({e.Message.Split('\n')[0]})"); }
         using (doc)
         {
