@@ -11,7 +11,7 @@ public static class Program
 {
     public static IReadOnlyList<CommandSpec> Commands { get; } =
     [
-        InfoCommand.Spec, RunCommand.Spec, GenerateCommand.Spec, CacheCommand.Spec, DemoCommand.Spec,
+        InfoCommand.Spec, RunCommand.Spec, GenerateCommand.Spec, CacheCommand.Spec, DemoCommand.Spec, BenchCommand.Spec, MakeModelCommand.Spec,
         .. InterpCommands.Specs,
     ];
 

@@ -22,7 +22,7 @@ public static class DemoCommand
         string folder = a.Get("--model-dir")!;
         var o = a.Out;
         if (DemoModel.EnsureExists(folder)) o.WriteLine($"built the demo model in {folder}");
-        o.WriteLine($"NOTE: the demo model's weights are RANDOM (GPT-2 architecture, {DemoModel.Layers} layers, d_model {DemoModel.DModel}, " +
+        o.WriteLine($"NOTE: the demo model's weights are RANDOM (GPT-2 architecture, {DemoModel.Shape.Layers} layers, d_model {DemoModel.Shape.DModel}, " +
                     "deterministic seed): the predictions below are meaningless; the demo shows the pipeline, not a trained model.");
         using var model = Model.Load(folder);
         var tok = Common.Tokenizer(model) ?? throw new UsageException($"{folder}: no tokenizer");

@@ -1,0 +1,165 @@
+using System.Diagnostics;
+using System.Runtime.Intrinsics;
+using Engine.Kernels.Threading;
+using Engine.Loader;
+using Engine.Runtime;
+
+namespace Engine.Cli.Commands;
+
+/// <summary>
+/// engine bench: end-to-end speed. Prefill tokens/s at several prompt lengths and decode tokens/s through the KV cache,
+/// each without hooks and with a full activation cache registered (every tap copied into preallocated buffers).
+/// Medians of several runs after a warm-up.
+/// </summary>
+public static class BenchCommand
+{
+    public static CommandSpec Spec { get; } = new("bench", "measure prefill and decode tokens/s, with and without a full activation cache",
+        "engine bench (--model M | --preset gpt2-small|smollm2-135m [--dtype f32|bf16|f16]) [--prefill 16,128,512] [--decode 128] [--repeat N] [--json]",
+        [Common.ModelOption,
+         new("--preset", $"make (once, under weights/) a random-weight model of this shape: {string.Join(", ", RandomModelShape.Presets.Keys)}", ValueName: "P"),
+         new("--dtype", "weight dtype of a --preset model", ValueName: "f32|bf16|f16", Default: "f32"),
+         new("--prefill", "prompt lengths to time", ValueName: "N,N,...", Default: "16,128,512"),
+         new("--decode", "new tokens to time through the KV cache (after a 16-token prompt)", ValueName: "N", Default: "128"),
+         new("--repeat", "timed runs per figure (the median is reported)", ValueName: "N", Default: "3"),
+         new("--no-cache-runs", "skip the runs with a full activation cache registered", IsFlag: true),
+         new("--all-logits", "compute logits for every prompt position (default: the last one, as llama-bench and ONNX peers do)", IsFlag: true),
+         Common.BackendOption, Common.JsonOption], Run);
+
+    public static string PresetFolder(string preset, DType dtype) => Path.Combine("weights", $"bench-{preset}-{dtype.Name().ToLowerInvariant()}");
+
+    static int Run(CliArgs a)
+    {
+        var prefill = CliArgs.ParseIntList("--prefill", a.Get("--prefill")!);
+        if (prefill.Any(p => p < 1)) throw new UsageException("--prefill: lengths must be positive");
+        int decode = a.Int("--decode", 128, 0, 100_000);
+        int repeat = a.Int("--repeat", 3, 1, 1000);
+        string folder;
+        if (a.Has("--preset"))
+        {
+            if (a.Has("--model")) throw new UsageException("engine bench: give --model or --preset, not both");
+            string preset = a.Get("--preset")!;
+            if (!RandomModelShape.Presets.TryGetValue(preset, out var shape)) throw new UsageException($"--preset: '{preset}' is not one of {string.Join(", ", RandomModelShape.Presets.Keys)}");
+            var dtype = a.Choice("--dtype", "f32", "bf16", "f16") switch { "bf16" => DType.BF16, "f16" => DType.F16, _ => DType.F32 };
+            folder = PresetFolder(preset, dtype);
+            if (!File.Exists(Path.Combine(folder, "model.safetensors")))
+            {
+                a.Err.WriteLine($"writing a random-weight {preset} model ({dtype.Name()}) to {folder} ...");
+                RandomModel.Create(folder, shape, dtype);
+            }
+        }
+        else folder = a.Require("--model");
+
+        using var model = Model.Load(folder);
+        int capacity = Math.Min(model.Config.ContextLength, Math.Max(prefill.Max(), 16 + decode));
+        if (prefill.Max() > model.Config.ContextLength) throw new UsageException($"--prefill: {prefill.Max()} is longer than the model's context of {model.Config.ContextLength}");
+        bool allLogits = a.Flag("--all-logits");
+        using var session = Common.OpenSession(a, model, capacity, allLogits);
+        var rng = new Random(7);
+        int[] Tokens(int n) => Enumerable.Range(0, n).Select(_ => rng.Next(model.Config.VocabSize)).ToArray();
+
+        var results = new List<(string Kind, int Tokens, bool Cache, double Median, double[] Runs)>();
+        void Measure(bool cache)
+        {
+            using var tap = cache ? FullCache(session) : null;
+            foreach (int n in prefill)
+            {
+                var tokens = Tokens(n);
+                session.Run(tokens);                                   // warm-up
+                var runs = new double[repeat];
+                for (int r = 0; r < repeat; r++)
+                {
+                    var sw = Stopwatch.StartNew();
+                    session.Run(tokens);
+                    runs[r] = sw.Elapsed.TotalSeconds;
+                }
+                results.Add(("prefill", n, cache, Median(runs), runs));
+                a.Err.WriteLine($"prefill {n,4}{(cache ? " +cache" : "       ")}: {n / Median(runs),9:F1} tokens/s");
+            }
+            if (decode > 0)
+            {
+                var prompt = Tokens(16);
+                var runs = new double[repeat];
+                int steps = Math.Min(decode, capacity - 16);
+                for (int r = -1; r < repeat; r++)                      // r = -1: warm-up
+                {
+                    session.Run(prompt);
+                    int next = Session.ArgMax(session.LastLogits[^model.Config.VocabSize..]);
+                    var sw = Stopwatch.StartNew();
+                    for (int s = 0; s < steps; s++)
+                    {
+                        var logits = session.Forward([next]);
+                        next = Session.ArgMax(logits[^model.Config.VocabSize..]);
+                    }
+                    if (r >= 0) runs[r] = sw.Elapsed.TotalSeconds;
+                }
+                results.Add(("decode", steps, cache, Median(runs), runs));
+                a.Err.WriteLine($"decode  {steps,4}{(cache ? " +cache" : "       ")}: {steps / Median(runs),9:F1} tokens/s");
+            }
+        }
+        Measure(false);
+        if (!a.Flag("--no-cache-runs")) Measure(true);
+
+        var dtypes = model.ParameterCounts.OrderByDescending(kv => kv.Value).Select(kv => kv.Key.Name()).ToArray();
+        if (a.Flag("--json"))
+        {
+            Common.WriteJson(a.Out, w =>
+            {
+                w.WriteStartObject();
+                w.Header("bench", model, session.Kernels.Name);
+                w.WriteString("weights_dtype", string.Join("+", dtypes));
+                w.WriteNumber("parameters", model.ParameterCount);
+                w.WriteNumber("threads", WorkerPool.Shared.Threads);
+                w.WriteString("isa", Vector512.IsHardwareAccelerated ? "avx512" : Vector256.IsHardwareAccelerated ? "avx2" : Vector128.IsHardwareAccelerated ? "sse/neon" : "scalar");
+                w.WriteNumber("processors", Environment.ProcessorCount);
+                w.WriteBoolean("all_logits", allLogits);
+                w.WriteNumber("repeat", repeat);
+                w.WriteStartArray("results");
+                foreach (var r in results)
+                {
+                    w.WriteStartObject();
+                    w.WriteString("kind", r.Kind);
+                    w.WriteNumber("tokens", r.Tokens);
+                    w.WriteBoolean("activation_cache", r.Cache);
+                    w.WriteNumber("median_seconds", r.Median);
+                    w.WriteNumber("tokens_per_second", r.Tokens / r.Median);
+                    w.WriteStartArray("runs_seconds");
+                    foreach (var x in r.Runs) w.WriteNumberValue(x);
+                    w.WriteEndArray();
+                    w.WriteEndObject();
+                }
+                w.WriteEndArray();
+                w.WriteEndObject();
+            });
+        }
+        else
+        {
+            a.Out.WriteLine($"{model.Folder}: {model.Config.ModelType}, {model.ParameterCount:N0} parameters ({string.Join("+", dtypes)}), backend {session.Kernels.Name}, {WorkerPool.Shared.Threads} threads");
+            a.Out.WriteLine("  kind      tokens   no hooks tok/s   full cache tok/s");
+            foreach (var g in results.GroupBy(r => (r.Kind, r.Tokens)))
+            {
+                var plain = g.FirstOrDefault(r => !r.Cache);
+                var cached = g.FirstOrDefault(r => r.Cache);
+                a.Out.WriteLine($"  {g.Key.Kind,-8} {g.Key.Tokens,6}   {plain.Tokens / plain.Median,14:F1}   {(cached.Runs != null ? (cached.Tokens / cached.Median).ToString("F1") : "-"),16}");
+            }
+        }
+        return 0;
+    }
+
+    static double Median(double[] xs)
+    {
+        var s = xs.Order().ToArray();
+        return s.Length % 2 == 1 ? s[s.Length / 2] : (s[s.Length / 2 - 1] + s[s.Length / 2]) / 2;
+    }
+
+    /// <summary>Registers a hook on every tap that copies it into a buffer allocated once (a cache that allocates nothing per run).</summary>
+    static IDisposable FullCache(Session session)
+    {
+        var buffers = new Dictionary<string, float[]>();
+        return session.Hooks.AddWhere(_ => true, tap =>
+        {
+            if (!buffers.TryGetValue(tap.Name, out var buf) || buf.Length < tap.Data.Length)
+                buffers[tap.Name] = buf = new float[tap.Data.Length];
+            tap.Data.CopyTo(buf);
+        });
+    }
+}
