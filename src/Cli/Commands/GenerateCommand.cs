@@ -34,7 +34,10 @@ public static class GenerateCommand
         var output = session.Generate(tokens, maxNew, sampling);
         double seconds = sw.Elapsed.TotalSeconds;
         var tok = Common.Tokenizer(model);
-        string? text = tok?.Decode(output.ToArray());
+        // Decode prompt and continuation together (SentencePiece drops a leading space when a piece is decoded alone).
+        string? full = tok?.Decode([.. tokens, .. output]);
+        string? promptText = tok?.Decode(tokens);
+        string? text = full == null ? null : full.StartsWith(promptText!, StringComparison.Ordinal) ? full[promptText!.Length..] : tok!.Decode(output.ToArray());
         bool hitContext = output.Count < maxNew && !(output.Count > 0 && model.Config.EosTokenIds.Contains(output[^1]) && sampling.StopAtEos);
         if (a.Flag("--json"))
         {
@@ -51,7 +54,7 @@ public static class GenerateCommand
             });
             return 0;
         }
-        if (tok != null) a.Out.WriteLine((tok.Decode(tokens) + text).TrimEnd());
+        if (full != null) a.Out.WriteLine(full.TrimEnd());
         a.Out.WriteLine($"tokens: {string.Join(",", output)}");
         if (hitContext) a.Out.WriteLine($"(stopped: the context of {session.Capacity} positions is full)");
         a.Err.WriteLine($"{output.Count} tokens in {seconds:F2} s");
