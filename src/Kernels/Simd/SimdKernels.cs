@@ -41,6 +41,29 @@ public sealed unsafe class SimdKernels : IKernels
 
     // ---------------------------------------------------------------- matmul
 
+    readonly GemmWork _gemm = new();
+
+    /// <summary>Register-tiled kernels of <see cref="Gemm"/> (AVX-512); items are blocks of Gemm.NBlock output columns.</summary>
+    sealed class GemmWork : IParallelWork
+    {
+        public float* X, Y, Bias; public int Rows; public Linear W = null!;
+        public void Execute(int index)
+        {
+            int n0 = index * Gemm.NBlock, n1 = Math.Min(W.Out, n0 + Gemm.NBlock);
+            byte* w = W.W.Data;
+            switch (W.DType, W.InputMajor)
+            {
+                case (DType.F32, false): Gemm.OutMajor<F32Load>(X, Rows, W.In, w, Bias, Y, W.Out, n0, n1); break;
+                case (DType.BF16, false): Gemm.OutMajor<BF16Load>(X, Rows, W.In, w, Bias, Y, W.Out, n0, n1); break;
+                case (DType.F16, false): Gemm.OutMajor<F16Load>(X, Rows, W.In, w, Bias, Y, W.Out, n0, n1); break;
+                case (DType.F32, true): Gemm.InMajor<F32Load>(X, Rows, W.In, w, Bias, Y, W.Out, n0, n1); break;
+                case (DType.BF16, true): Gemm.InMajor<BF16Load>(X, Rows, W.In, w, Bias, Y, W.Out, n0, n1); break;
+                case (DType.F16, true): Gemm.InMajor<F16Load>(X, Rows, W.In, w, Bias, Y, W.Out, n0, n1); break;
+                default: throw new NotSupportedException($"matmul weights of dtype {W.DType}");
+            }
+        }
+    }
+
     readonly MatMulOutMajorWork _matNk;
     readonly MatMulInMajorWork _matKn;
 
@@ -49,7 +72,18 @@ public sealed unsafe class SimdKernels : IKernels
         if (x.Length < rows * w.In || y.Length < rows * w.Out) throw new ArgumentException("matmul buffers too small");
         fixed (float* px = x, py = y)
         {
-            if (w.InputMajor)
+            if (Gemm.Supported)
+            {
+                var job = _gemm;
+                job.X = px; job.Y = py; job.Rows = rows; job.W = w;
+                fixed (float* pb = w.Bias)
+                {
+                    job.Bias = pb;
+                    _pool.Run(job, (w.Out + Gemm.NBlock - 1) / Gemm.NBlock);
+                }
+                job.W = null!;
+            }
+            else if (w.InputMajor)
             {
                 var job = _matKn;
                 job.X = px; job.Y = py; job.Rows = rows; job.W = w;
@@ -256,9 +290,93 @@ public sealed unsafe class SimdKernels : IKernels
 
     void RunAttention(AttnStep step, float* q, float* k, float* v, float* scores, float* pattern, in AttentionShape s)
     {
+        if (Gemm.Supported && step != AttnStep.Softmax)
+        {
+            var tiled = _attnTiled;
+            tiled.Step = step; tiled.Q = q; tiled.K = k; tiled.V = v; tiled.Z = _attn.Z; tiled.Scores = scores; tiled.Pattern = pattern; tiled.Shape = s;
+            _pool.Run(tiled, s.Heads * ((s.Rows + TiledAttentionWork.Block - 1) / TiledAttentionWork.Block));
+            return;
+        }
         var job = _attn;
         job.Step = step; job.Q = q; job.K = k; job.V = v; job.Scores = scores; job.Pattern = pattern; job.Shape = s;
         _pool.Run(job, s.Heads * s.Rows);
+    }
+
+    readonly TiledAttentionWork _attnTiled = new();
+
+    /// <summary>
+    /// Attention on the <see cref="Gemm"/> kernels: items are (head, block of query rows). Scores = Q Kᵀ (dot form, keys
+    /// read in place from the cache), × scale, row softmax over the visible keys, then Z = P V (broadcast form) — over
+    /// the keys all rows of the block see, then each row continues its own FMA chain over the keys only it sees.
+    /// Every element goes through the same operations whether the scores/pattern are materialised or kept in scratch,
+    /// so the fused step is bit-identical to Scores → Softmax → Mix.
+    /// </summary>
+    sealed class TiledAttentionWork : IParallelWork
+    {
+        public const int Block = 16;
+        public AttnStep Step; public float* Q, K, V, Z, Scores, Pattern; public AttentionShape Shape;
+
+        public void Execute(int index)
+        {
+            var s = Shape;
+            int blocks = (s.Rows + Block - 1) / Block;
+            int h = index / blocks, t0 = (index % blocks) * Block, t1 = Math.Min(s.Rows, t0 + Block), rows = t1 - t0;
+            int kvh = h / s.Group, d = s.HeadDim, tk = s.Keys;
+            int nMax = s.Pos0 + t1;                                    // keys the block's last row sees
+            switch (Step)
+            {
+                case AttnStep.Scores:
+                {
+                    float* sc = Scores + ((long)h * s.Rows + t0) * tk;
+                    ScoresBlock(h, kvh, t0, rows, nMax, sc, tk);
+                    for (int r = 0; r < rows; r++) new Span<float>(sc + (long)r * tk + s.Pos0 + t0 + r + 1, tk - (s.Pos0 + t0 + r + 1)).Fill(float.NegativeInfinity);
+                    break;
+                }
+                case AttnStep.Mix:
+                    MixBlock(h, kvh, t0, rows, Pattern + ((long)h * s.Rows + t0) * tk, tk);
+                    break;
+                case AttnStep.Fused:
+                {
+                    var scratch = ScratchA(rows * nMax);
+                    fixed (float* sc = scratch)
+                    {
+                        ScoresBlock(h, kvh, t0, rows, nMax, sc, nMax);
+                        for (int r = 0; r < rows; r++)
+                        {
+                            var row = new Span<float>(sc + (long)r * nMax, nMax);
+                            AttentionWork.SoftmaxRow(row, s.Pos0 + t0 + r + 1, row);
+                        }
+                        MixBlock(h, kvh, t0, rows, sc, nMax);
+                    }
+                    break;
+                }
+            }
+        }
+
+        /// <summary>sc[r, j] = (q[t0 + r, h] . k[j, kvh]) * scale for j &lt; nMax (entries past a row's own keys are overwritten by the caller).</summary>
+        void ScoresBlock(int h, int kvh, int t0, int rows, int nMax, float* sc, long ldS)
+        {
+            var s = Shape;
+            int d = s.HeadDim;
+            Gemm.OutMajor<F32Load>(Q + ((long)t0 * s.Heads + h) * d, (long)s.Heads * d, rows, d,
+                (byte*)(K + (long)kvh * d), (long)s.KvHeads * d * sizeof(float), null, sc, ldS, 0, nMax);
+            for (int r = 0; r < rows; r++)
+                TensorPrimitives.Multiply(new ReadOnlySpan<float>(sc + r * ldS, s.Pos0 + t0 + r + 1), s.Scale, new Span<float>(sc + r * ldS, s.Pos0 + t0 + r + 1));
+        }
+
+        /// <summary>z[t0 + r, h] = sum over j &lt; n_r of p[r, j] v[j, kvh], keys ascending.</summary>
+        void MixBlock(int h, int kvh, int t0, int rows, float* p, long ldP)
+        {
+            var s = Shape;
+            int d = s.HeadDim;
+            int nMin = s.Pos0 + t0 + 1;
+            byte* v = (byte*)(V + (long)kvh * d);
+            long ldv = (long)s.KvHeads * d * sizeof(float), ldz = (long)s.Heads * d;
+            float* z = Z + ((long)t0 * s.Heads + h) * d;
+            Gemm.InMajor<F32Load>(p, ldP, rows, 0, nMin, v, ldv, null, z, ldz, 0, d, accumulate: false);
+            for (int r = 1; r < rows; r++)
+                Gemm.InMajor<F32Load>(p + r * ldP, ldP, 1, nMin, nMin + r, v, ldv, null, z + r * ldz, ldz, 0, d, accumulate: true);
+        }
     }
 
     /// <summary>Items are (head, query row) pairs. The fused step runs the same three row functions on scratch.</summary>
@@ -299,7 +417,7 @@ public sealed unsafe class SimdKernels : IKernels
             dst[n..].Fill(float.NegativeInfinity);
         }
 
-        static void SoftmaxRow(ReadOnlySpan<float> src, int n, Span<float> dst)
+        internal static void SoftmaxRow(ReadOnlySpan<float> src, int n, Span<float> dst)
         {
             var row = dst[..n];
             float max = TensorPrimitives.Max(src[..n]);
@@ -369,8 +487,8 @@ public sealed unsafe class SimdKernels : IKernels
                 TensorPrimitives.Multiply(dst, (float)ScalarMath.Sqrt2OverPi, dst);
                 TensorPrimitives.Tanh(dst, dst);
                 TensorPrimitives.Add(dst, 1f, dst);
+                TensorPrimitives.Multiply(dst, 0.5f, dst);              // halve before * x (exact): (1 + tanh) x overflows for |x| > 1.7e38
                 TensorPrimitives.Multiply(dst, x, dst);
-                TensorPrimitives.Multiply(dst, 0.5f, dst);
                 break;
             case ActivationKind.Silu:
                 TensorPrimitives.Sigmoid(x, dst);

@@ -97,9 +97,11 @@ public sealed class WorkerPool : IDisposable
         }
     }
 
+    /// <summary>Stops the workers (idempotent; a one-thread pool has none to stop).</summary>
     public void Dispose()
     {
+        if (_stopping) return;
         _stopping = true;
-        _start.Release(_workers.Length);
+        if (_workers.Length > 0) _start.Release(_workers.Length);
     }
 }

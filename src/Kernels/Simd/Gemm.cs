@@ -1,0 +1,240 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
+
+namespace Engine.Kernels.Simd;
+
+/// <summary>
+/// Register-tiled matrix multiply on the weights' stored layout and dtype (no packing, no float copy of the model):
+/// <list type="bullet">
+/// <item>out-major W [N, K] (nn.Linear): "dot form": a 4 × 4 tile of (row, output) pairs, 16 Vector512 accumulators
+/// over K, each reduced at the end;</item>
+/// <item>input-major W [K, N] (GPT-2 Conv1D): "broadcast form": 4 rows × 64 columns, 16 accumulators, one broadcast of
+/// x[m, k] per row and four weight vectors per k.</item>
+/// </list>
+/// Work items are blocks of <see cref="NBlock"/> output columns at fixed offsets, and every output element is computed
+/// by the same instruction sequence whatever tile or tail it falls in, so results do not depend on the thread count.
+/// Per element, out-major: acc (16 lanes, FMA over k in steps of 16) → lane sum → scalar FMA over the K tail → + bias;
+/// input-major: scalar-equivalent FMA chain over k ascending → + bias.
+/// </summary>
+internal static unsafe class Gemm
+{
+    public const int NBlock = 64;
+
+    public static bool Supported => Vector512.IsHardwareAccelerated;
+
+    // ------------------------------------------------------------------ out-major W [N, K]
+
+    /// <summary>y[m, n] for n in [n0, n1): x [M, K], W [N, K] (rows of K elements of TW), y [M, N] (dense).</summary>
+    public static void OutMajor<TW>(float* x, int M, int K, byte* w, float* bias, float* y, int N, int n0, int n1) where TW : IWeightLoad
+        => OutMajor<TW>(x, K, M, K, w, (long)K * TW.Size, bias, y, N, n0, n1);
+
+    /// <summary>
+    /// y[m * ldy + n] = dot(x[m * ldx ..], W row n) (+ bias[n]) for m &lt; M, n in [n0, n1); row n of W starts at
+    /// w + n * ldwBytes. Strides let attention use the same kernels on the KV cache.
+    /// </summary>
+    public static void OutMajor<TW>(float* x, long ldx, int M, int K, byte* w, long ldwBytes, float* bias, float* y, long ldy, int n0, int n1) where TW : IWeightLoad
+    {
+        int k16 = K & ~15;
+        int m = 0;
+        for (; m + 4 <= M; m += 4)
+        {
+            int n = n0;
+            for (; n + 4 <= n1; n += 4) Dot4x4<TW>(x + m * ldx, ldx, K, k16, w + n * ldwBytes, ldwBytes, bias == null ? null : bias + n, y + m * ldy + n, ldy);
+            for (; n < n1; n++)
+                for (int i = 0; i < 4; i++) Dot1x1<TW>(x + (m + i) * ldx, K, k16, w + n * ldwBytes, bias == null ? null : bias + n, y + (m + i) * ldy + n);
+        }
+        for (; m < M; m++)
+        {
+            int n = n0;
+            for (; n + 4 <= n1; n += 4) Dot1x4<TW>(x + m * ldx, K, k16, w + n * ldwBytes, ldwBytes, bias == null ? null : bias + n, y + m * ldy + n);
+            for (; n < n1; n++) Dot1x1<TW>(x + m * ldx, K, k16, w + n * ldwBytes, bias == null ? null : bias + n, y + m * ldy + n);
+        }
+    }
+
+    /// <summary>Lane sum, then the K tail with scalar FMAs, then the bias: the one way an out-major element is finished.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static float Finish<TW>(Vector512<float> acc, float* xr, byte* wr, int k16, int K, float* bias) where TW : IWeightLoad
+    {
+        float s = Vector512.Sum(acc);
+        for (int k = k16; k < K; k++) s = MathF.FusedMultiplyAdd(xr[k], TW.Load1(wr + (long)k * TW.Size), s);
+        return bias == null ? s : s + *bias;
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    static void Dot4x4<TW>(float* x, long ldx, int K, int k16, byte* w, long ldw, float* bias, float* y, long ldy) where TW : IWeightLoad
+    {
+        float* x0 = x, x1 = x + ldx, x2 = x + 2 * ldx, x3 = x + 3 * ldx;
+        byte* w0 = w, w1 = w + ldw, w2 = w + 2 * ldw, w3 = w + 3 * ldw;
+        Vector512<float> c00 = default, c01 = default, c02 = default, c03 = default;
+        Vector512<float> c10 = default, c11 = default, c12 = default, c13 = default;
+        Vector512<float> c20 = default, c21 = default, c22 = default, c23 = default;
+        Vector512<float> c30 = default, c31 = default, c32 = default, c33 = default;
+        for (int k = 0; k < k16; k += 16)
+        {
+            var a0 = Vector512.Load(x0 + k);
+            var a1 = Vector512.Load(x1 + k);
+            var a2 = Vector512.Load(x2 + k);
+            var a3 = Vector512.Load(x3 + k);
+            long kb = (long)k * TW.Size;
+            var b = TW.Load16(w0 + kb);
+            c00 = Vector512.FusedMultiplyAdd(a0, b, c00); c10 = Vector512.FusedMultiplyAdd(a1, b, c10);
+            c20 = Vector512.FusedMultiplyAdd(a2, b, c20); c30 = Vector512.FusedMultiplyAdd(a3, b, c30);
+            b = TW.Load16(w1 + kb);
+            c01 = Vector512.FusedMultiplyAdd(a0, b, c01); c11 = Vector512.FusedMultiplyAdd(a1, b, c11);
+            c21 = Vector512.FusedMultiplyAdd(a2, b, c21); c31 = Vector512.FusedMultiplyAdd(a3, b, c31);
+            b = TW.Load16(w2 + kb);
+            c02 = Vector512.FusedMultiplyAdd(a0, b, c02); c12 = Vector512.FusedMultiplyAdd(a1, b, c12);
+            c22 = Vector512.FusedMultiplyAdd(a2, b, c22); c32 = Vector512.FusedMultiplyAdd(a3, b, c32);
+            b = TW.Load16(w3 + kb);
+            c03 = Vector512.FusedMultiplyAdd(a0, b, c03); c13 = Vector512.FusedMultiplyAdd(a1, b, c13);
+            c23 = Vector512.FusedMultiplyAdd(a2, b, c23); c33 = Vector512.FusedMultiplyAdd(a3, b, c33);
+        }
+        float* b0 = bias, b1 = bias == null ? null : bias + 1, b2 = bias == null ? null : bias + 2, b3 = bias == null ? null : bias + 3;
+        y[0] = Finish<TW>(c00, x0, w0, k16, K, b0); y[1] = Finish<TW>(c01, x0, w1, k16, K, b1);
+        y[2] = Finish<TW>(c02, x0, w2, k16, K, b2); y[3] = Finish<TW>(c03, x0, w3, k16, K, b3);
+        float* y1 = y + ldy;
+        y1[0] = Finish<TW>(c10, x1, w0, k16, K, b0); y1[1] = Finish<TW>(c11, x1, w1, k16, K, b1);
+        y1[2] = Finish<TW>(c12, x1, w2, k16, K, b2); y1[3] = Finish<TW>(c13, x1, w3, k16, K, b3);
+        float* y2 = y + 2 * ldy;
+        y2[0] = Finish<TW>(c20, x2, w0, k16, K, b0); y2[1] = Finish<TW>(c21, x2, w1, k16, K, b1);
+        y2[2] = Finish<TW>(c22, x2, w2, k16, K, b2); y2[3] = Finish<TW>(c23, x2, w3, k16, K, b3);
+        float* y3 = y + 3 * ldy;
+        y3[0] = Finish<TW>(c30, x3, w0, k16, K, b0); y3[1] = Finish<TW>(c31, x3, w1, k16, K, b1);
+        y3[2] = Finish<TW>(c32, x3, w2, k16, K, b2); y3[3] = Finish<TW>(c33, x3, w3, k16, K, b3);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    static void Dot1x4<TW>(float* x, int K, int k16, byte* w, long ldw, float* bias, float* y) where TW : IWeightLoad
+    {
+        byte* w0 = w, w1 = w + ldw, w2 = w + 2 * ldw, w3 = w + 3 * ldw;
+        Vector512<float> c0 = default, c1 = default, c2 = default, c3 = default;
+        for (int k = 0; k < k16; k += 16)
+        {
+            var a = Vector512.Load(x + k);
+            long kb = (long)k * TW.Size;
+            c0 = Vector512.FusedMultiplyAdd(a, TW.Load16(w0 + kb), c0);
+            c1 = Vector512.FusedMultiplyAdd(a, TW.Load16(w1 + kb), c1);
+            c2 = Vector512.FusedMultiplyAdd(a, TW.Load16(w2 + kb), c2);
+            c3 = Vector512.FusedMultiplyAdd(a, TW.Load16(w3 + kb), c3);
+        }
+        y[0] = Finish<TW>(c0, x, w0, k16, K, bias);
+        y[1] = Finish<TW>(c1, x, w1, k16, K, bias == null ? null : bias + 1);
+        y[2] = Finish<TW>(c2, x, w2, k16, K, bias == null ? null : bias + 2);
+        y[3] = Finish<TW>(c3, x, w3, k16, K, bias == null ? null : bias + 3);
+    }
+
+    static void Dot1x1<TW>(float* x, int K, int k16, byte* w, float* bias, float* y) where TW : IWeightLoad
+    {
+        Vector512<float> c = default;
+        for (int k = 0; k < k16; k += 16) c = Vector512.FusedMultiplyAdd(Vector512.Load(x + k), TW.Load16(w + (long)k * TW.Size), c);
+        *y = Finish<TW>(c, x, w, k16, K, bias);
+    }
+
+    // ------------------------------------------------------------------ input-major W [K, N]
+
+    /// <summary>y[m, n] for n in [n0, n1): x [M, K], W [K, N] (rows of N elements of TW), y [M, N] (dense).</summary>
+    public static void InMajor<TW>(float* x, int M, int K, byte* w, float* bias, float* y, int N, int n0, int n1) where TW : IWeightLoad
+        => InMajor<TW>(x, K, M, 0, K, w, (long)N * TW.Size, bias, y, N, n0, n1, false);
+
+    /// <summary>
+    /// y[m * ldy + n] (+)= sum over k in [k0, k1) of x[m * ldx + k] W[k, n] (+ bias[n]) for m &lt; M, n in [n0, n1);
+    /// row k of W starts at w + k * ldwBytes. With accumulate the chain continues from the value already in y (stored
+    /// exactly as float), so splitting k into ranges gives bit-identical results; the bias is only added when given.
+    /// </summary>
+    public static void InMajor<TW>(float* x, long ldx, int M, int k0, int k1, byte* w, long ldwBytes, float* bias, float* y, long ldy, int n0, int n1, bool accumulate) where TW : IWeightLoad
+    {
+        int n = n0;
+        for (; n + 64 <= n1; n += 64)
+        {
+            int m = 0;
+            for (; m + 4 <= M; m += 4) Bcast4x64<TW>(x + m * ldx, ldx, k0, k1, w + (long)n * TW.Size, ldwBytes, bias == null ? null : bias + n, y + m * ldy + n, ldy, accumulate);
+            for (; m < M; m++) Bcast1x64<TW>(x + m * ldx, k0, k1, w + (long)n * TW.Size, ldwBytes, bias == null ? null : bias + n, y + m * ldy + n, accumulate);
+        }
+        for (; n + 16 <= n1; n += 16)
+            for (int m = 0; m < M; m++) Bcast1x16<TW>(x + m * ldx, k0, k1, w + (long)n * TW.Size, ldwBytes, bias == null ? null : bias + n, y + m * ldy + n, accumulate);
+        for (; n < n1; n++)
+            for (int m = 0; m < M; m++)
+            {
+                float* xr = x + m * ldx;
+                byte* wc = w + (long)n * TW.Size;
+                float* yp = y + m * ldy + n;
+                float s = accumulate ? *yp : 0f;
+                for (int k = k0; k < k1; k++) s = MathF.FusedMultiplyAdd(xr[k], TW.Load1(wc + k * ldwBytes), s);
+                *yp = bias == null ? s : s + bias[n];
+            }
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static Vector512<float> Init16(float* y, bool accumulate) => accumulate ? Vector512.Load(y) : default;
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static void Store16(float* y, Vector512<float> acc, float* bias)
+    {
+        if (bias != null) acc += Vector512.Load(bias);
+        Vector512.Store(acc, y);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    static void Bcast4x64<TW>(float* x, long ldx, int k0, int k1, byte* w, long ldw, float* bias, float* y, long ldy, bool acc) where TW : IWeightLoad
+    {
+        float* y0 = y, y1 = y + ldy, y2 = y + 2 * ldy, y3 = y + 3 * ldy;
+        Vector512<float> c00 = Init16(y0, acc), c01 = Init16(y0 + 16, acc), c02 = Init16(y0 + 32, acc), c03 = Init16(y0 + 48, acc);
+        Vector512<float> c10 = Init16(y1, acc), c11 = Init16(y1 + 16, acc), c12 = Init16(y1 + 32, acc), c13 = Init16(y1 + 48, acc);
+        Vector512<float> c20 = Init16(y2, acc), c21 = Init16(y2 + 16, acc), c22 = Init16(y2 + 32, acc), c23 = Init16(y2 + 48, acc);
+        Vector512<float> c30 = Init16(y3, acc), c31 = Init16(y3 + 16, acc), c32 = Init16(y3 + 32, acc), c33 = Init16(y3 + 48, acc);
+        float* x0 = x, x1 = x + ldx, x2 = x + 2 * ldx, x3 = x + 3 * ldx;
+        int s = TW.Size;
+        for (int k = k0; k < k1; k++)
+        {
+            byte* wr = w + k * ldw;
+            var b0 = TW.Load16(wr);
+            var b1 = TW.Load16(wr + 16 * s);
+            var b2 = TW.Load16(wr + 32 * s);
+            var b3 = TW.Load16(wr + 48 * s);
+            var a = Vector512.Create(x0[k]);
+            c00 = Vector512.FusedMultiplyAdd(a, b0, c00); c01 = Vector512.FusedMultiplyAdd(a, b1, c01);
+            c02 = Vector512.FusedMultiplyAdd(a, b2, c02); c03 = Vector512.FusedMultiplyAdd(a, b3, c03);
+            a = Vector512.Create(x1[k]);
+            c10 = Vector512.FusedMultiplyAdd(a, b0, c10); c11 = Vector512.FusedMultiplyAdd(a, b1, c11);
+            c12 = Vector512.FusedMultiplyAdd(a, b2, c12); c13 = Vector512.FusedMultiplyAdd(a, b3, c13);
+            a = Vector512.Create(x2[k]);
+            c20 = Vector512.FusedMultiplyAdd(a, b0, c20); c21 = Vector512.FusedMultiplyAdd(a, b1, c21);
+            c22 = Vector512.FusedMultiplyAdd(a, b2, c22); c23 = Vector512.FusedMultiplyAdd(a, b3, c23);
+            a = Vector512.Create(x3[k]);
+            c30 = Vector512.FusedMultiplyAdd(a, b0, c30); c31 = Vector512.FusedMultiplyAdd(a, b1, c31);
+            c32 = Vector512.FusedMultiplyAdd(a, b2, c32); c33 = Vector512.FusedMultiplyAdd(a, b3, c33);
+        }
+        float* bb0 = bias, bb1 = bias == null ? null : bias + 16, bb2 = bias == null ? null : bias + 32, bb3 = bias == null ? null : bias + 48;
+        Store16(y0, c00, bb0); Store16(y0 + 16, c01, bb1); Store16(y0 + 32, c02, bb2); Store16(y0 + 48, c03, bb3);
+        Store16(y1, c10, bb0); Store16(y1 + 16, c11, bb1); Store16(y1 + 32, c12, bb2); Store16(y1 + 48, c13, bb3);
+        Store16(y2, c20, bb0); Store16(y2 + 16, c21, bb1); Store16(y2 + 32, c22, bb2); Store16(y2 + 48, c23, bb3);
+        Store16(y3, c30, bb0); Store16(y3 + 16, c31, bb1); Store16(y3 + 32, c32, bb2); Store16(y3 + 48, c33, bb3);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    static void Bcast1x64<TW>(float* x, int k0, int k1, byte* w, long ldw, float* bias, float* y, bool acc) where TW : IWeightLoad
+    {
+        Vector512<float> c0 = Init16(y, acc), c1 = Init16(y + 16, acc), c2 = Init16(y + 32, acc), c3 = Init16(y + 48, acc);
+        int s = TW.Size;
+        for (int k = k0; k < k1; k++)
+        {
+            byte* wr = w + k * ldw;
+            var a = Vector512.Create(x[k]);
+            c0 = Vector512.FusedMultiplyAdd(a, TW.Load16(wr), c0);
+            c1 = Vector512.FusedMultiplyAdd(a, TW.Load16(wr + 16 * s), c1);
+            c2 = Vector512.FusedMultiplyAdd(a, TW.Load16(wr + 32 * s), c2);
+            c3 = Vector512.FusedMultiplyAdd(a, TW.Load16(wr + 48 * s), c3);
+        }
+        Store16(y, c0, bias);
+        Store16(y + 16, c1, bias == null ? null : bias + 16);
+        Store16(y + 32, c2, bias == null ? null : bias + 32);
+        Store16(y + 48, c3, bias == null ? null : bias + 48);
+    }
+
+    static void Bcast1x16<TW>(float* x, int k0, int k1, byte* w, long ldw, float* bias, float* y, bool acc) where TW : IWeightLoad
+    {
+        Vector512<float> c = Init16(y, acc);
+        for (int k = k0; k < k1; k++) c = Vector512.FusedMultiplyAdd(Vector512.Create(x[k]), TW.Load16(w + k * ldw), c);
+        Store16(y, c, bias);
+    }
+}

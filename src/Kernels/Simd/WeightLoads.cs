@@ -1,0 +1,74 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
+
+namespace Engine.Kernels.Simd;
+
+/// <summary>
+/// Loads of weights in their stored dtype, widened to float inside the kernel (no float copy of the model).
+/// Implemented once per dtype as a struct so that generic kernels specialise at JIT time with no dispatch cost.
+/// Pointers may be unaligned.
+/// </summary>
+internal unsafe interface IWeightLoad
+{
+    /// <summary>Bytes per element.</summary>
+    static abstract int Size { get; }
+    /// <summary>16 consecutive elements starting at p (element index 0).</summary>
+    static abstract Vector512<float> Load16(byte* p);
+    /// <summary>8 consecutive elements.</summary>
+    static abstract Vector256<float> Load8(byte* p);
+    static abstract float Load1(byte* p);
+}
+
+internal unsafe struct F32Load : IWeightLoad
+{
+    public static int Size => 4;
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector512<float> Load16(byte* p) => Vector512.Load((float*)p);
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector256<float> Load8(byte* p) => Vector256.Load((float*)p);
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static float Load1(byte* p) => Unsafe.ReadUnaligned<float>(p);
+}
+
+/// <summary>BF16: the 16 bits are the high half of a float.</summary>
+internal unsafe struct BF16Load : IWeightLoad
+{
+    public static int Size => 2;
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector512<float> Load16(byte* p) =>
+        Vector512.ShiftLeft(Vector512.WidenLower(Vector512.Create(Vector256.Load((ushort*)p), Vector256<ushort>.Zero)), 16).AsSingle();
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector256<float> Load8(byte* p) =>
+        Vector256.ShiftLeft(Vector256.WidenLower(Vector256.Create(Vector128.Load((ushort*)p), Vector128<ushort>.Zero)), 16).AsSingle();
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static float Load1(byte* p) => BitConverter.Int32BitsToSingle(Unsafe.ReadUnaligned<ushort>(p) << 16);
+}
+
+/// <summary>
+/// IEEE half: exponent/mantissa shifted into float position and rescaled by 2^112 (exact for normal and subnormal
+/// halves); exponent 31 (Inf/NaN) is mapped to float's all-ones exponent; the sign is moved to bit 31.
+/// </summary>
+internal unsafe struct F16Load : IWeightLoad
+{
+    public static int Size => 2;
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector512<float> Load16(byte* p)
+    {
+        var h = Vector512.WidenLower(Vector512.Create(Vector256.Load((ushort*)p), Vector256<ushort>.Zero));
+        var magnitude = Vector512.ShiftLeft(h & Vector512.Create(0x7FFFu), 13);
+        var value = magnitude.AsSingle() * Vector512.Create(5.192296858534828e33f);          // 2^112
+        var infNan = Vector512.Equals(h & Vector512.Create(0x7C00u), Vector512.Create(0x7C00u));
+        value = Vector512.ConditionalSelect(infNan.AsSingle(), (magnitude | Vector512.Create(0x7F800000u)).AsSingle(), value);
+        return (value.AsUInt32() | Vector512.ShiftLeft(h & Vector512.Create(0x8000u), 16)).AsSingle();
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector256<float> Load8(byte* p)
+    {
+        var h = Vector256.WidenLower(Vector256.Create(Vector128.Load((ushort*)p), Vector128<ushort>.Zero));
+        var magnitude = Vector256.ShiftLeft(h & Vector256.Create(0x7FFFu), 13);
+        var value = magnitude.AsSingle() * Vector256.Create(5.192296858534828e33f);
+        var infNan = Vector256.Equals(h & Vector256.Create(0x7C00u), Vector256.Create(0x7C00u));
+        value = Vector256.ConditionalSelect(infNan.AsSingle(), (magnitude | Vector256.Create(0x7F800000u)).AsSingle(), value);
+        return (value.AsUInt32() | Vector256.ShiftLeft(h & Vector256.Create(0x8000u), 16)).AsSingle();
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static float Load1(byte* p) => (float)Unsafe.ReadUnaligned<Half>(p);
+}
