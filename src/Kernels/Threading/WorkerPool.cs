@@ -1,3 +1,5 @@
+using System.Diagnostics;
+
 namespace Engine.Kernels.Threading;
 
 /// <summary>A unit of parallel work: Execute(i) for every i in [0, count), in any order, on any thread.</summary>
@@ -9,7 +11,8 @@ public interface IParallelWork
 /// <summary>
 /// A fixed set of worker threads that run <see cref="IParallelWork"/> items without allocating: the caller keeps
 /// reusable work objects, the pool hands out indices with an interlocked counter and the calling thread works too.
-/// One pool never runs two jobs at once (calls are serialised); nested calls run inline.
+/// Workers spin briefly after each job before sleeping, so the many small kernels of a decode step do not each pay a
+/// thread wake-up. One pool never runs two jobs at once (calls are serialised); nested calls run inline.
 /// </summary>
 public sealed class WorkerPool : IDisposable
 {
@@ -17,12 +20,17 @@ public sealed class WorkerPool : IDisposable
 
     public int Threads { get; }
 
+    /// <summary>How long an idle worker (or the waiting caller) spins before blocking.</summary>
+    static readonly long SpinTicks = Stopwatch.Frequency / 20_000;      // 50 µs
+
     readonly Thread[] _workers;
-    readonly SemaphoreSlim _start = new(0);
+    readonly int[] _mailbox;                 // generation a worker is asked to join
+    readonly int[] _sleeping;                // 1 while a worker may be blocked on its event
+    readonly ManualResetEventSlim[] _wake;
     readonly ManualResetEventSlim _done = new(false);
     readonly object _gate = new();
     IParallelWork? _work;
-    int _count, _next, _active;
+    int _count, _next, _active, _generation;
     Exception? _error;
     volatile bool _stopping;
     [ThreadStatic] static bool t_inPool;
@@ -30,10 +38,16 @@ public sealed class WorkerPool : IDisposable
     public WorkerPool(int threads)
     {
         Threads = Math.Max(1, threads);
-        _workers = new Thread[Threads - 1];
-        for (int i = 0; i < _workers.Length; i++)
+        int n = Threads - 1;
+        _workers = new Thread[n];
+        _mailbox = new int[n];
+        _sleeping = new int[n];
+        _wake = new ManualResetEventSlim[n];
+        for (int i = 0; i < n; i++)
         {
-            _workers[i] = new Thread(WorkerLoop) { IsBackground = true, Name = $"engine-worker-{i + 1}" };
+            _wake[i] = new ManualResetEventSlim(false);
+            int id = i;
+            _workers[i] = new Thread(() => WorkerLoop(id)) { IsBackground = true, Name = $"engine-worker-{i + 1}" };
             _workers[i].Start();
         }
     }
@@ -59,11 +73,21 @@ public sealed class WorkerPool : IDisposable
             int helpers = Math.Min(_workers.Length, count - 1);
             _active = helpers + 1;
             _done.Reset();
-            _start.Release(helpers);
+            int gen = ++_generation;
+            for (int i = 0; i < helpers; i++)
+            {
+                Interlocked.Exchange(ref _mailbox[i], gen);                  // full fence: pairs with the worker's sleeping flag
+                if (Volatile.Read(ref _sleeping[i]) == 1) _wake[i].Set();
+            }
             t_inPool = true;
             try { Drain(); }
             finally { t_inPool = false; }
-            if (Interlocked.Decrement(ref _active) != 0) _done.Wait();
+            if (Interlocked.Decrement(ref _active) != 0)
+            {
+                long until = Stopwatch.GetTimestamp() + SpinTicks;
+                while (Volatile.Read(ref _active) != 0 && Stopwatch.GetTimestamp() < until) Thread.SpinWait(8);
+                if (Volatile.Read(ref _active) != 0) _done.Wait();
+            }
             _work = null;
             if (_error != null) throw new AggregateException("a parallel kernel failed", _error);
         }
@@ -85,13 +109,23 @@ public sealed class WorkerPool : IDisposable
         }
     }
 
-    void WorkerLoop()
+    void WorkerLoop(int id)
     {
         t_inPool = true;
+        int seen = 0;
         while (true)
         {
-            _start.Wait();
+            long until = Stopwatch.GetTimestamp() + SpinTicks;
+            while (Volatile.Read(ref _mailbox[id]) == seen && !_stopping)
+            {
+                if (Stopwatch.GetTimestamp() < until) { Thread.SpinWait(8); continue; }
+                Interlocked.Exchange(ref _sleeping[id], 1);                   // full fence: pairs with Run's mailbox write
+                if (Volatile.Read(ref _mailbox[id]) == seen && !_stopping) _wake[id].Wait();
+                _wake[id].Reset();
+                Volatile.Write(ref _sleeping[id], 0);
+            }
             if (_stopping) return;
+            seen = Volatile.Read(ref _mailbox[id]);
             Drain();
             if (Interlocked.Decrement(ref _active) == 0) _done.Set();
         }
@@ -102,6 +136,6 @@ public sealed class WorkerPool : IDisposable
     {
         if (_stopping) return;
         _stopping = true;
-        if (_workers.Length > 0) _start.Release(_workers.Length);
+        foreach (var w in _wake) w.Set();
     }
 }
