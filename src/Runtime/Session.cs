@@ -11,6 +11,8 @@ public sealed record SessionOptions
     public int Capacity { get; init; }
     /// <summary>Compute logits for every row of a forward call (false: only the last row, as generation needs).</summary>
     public bool AllLogits { get; init; } = true;
+    /// <summary>A backend instance to use instead of <see cref="Backend"/> (e.g. a <see cref="ProfilingKernels"/> decorator).</summary>
+    public IKernels? Kernels { get; init; }
 }
 
 /// <summary>
@@ -44,7 +46,7 @@ public sealed partial class Session : IDisposable
         options ??= new SessionOptions();
         Model = model;
         Config = model.Config;
-        Kernels = KernelRegistry.Create(options.Backend);
+        Kernels = options.Kernels ?? KernelRegistry.Create(options.Backend);
         Hooks = new HookRegistry(Config);
         AllLogits = options.AllLogits;
         var c = Config;
