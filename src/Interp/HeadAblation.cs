@@ -1,0 +1,173 @@
+using Engine.Loader;
+using Engine.Runtime;
+
+namespace Engine.Interp;
+
+/// <summary>Zero: the ablated values become 0. Mean: they become their mean over the positions of reference prompts.</summary>
+public enum AblationMode { Zero, Mean }
+
+/// <summary>Query head h of layer L (GQA: the query head, never the shared KV head).</summary>
+public readonly record struct HeadRef(int Layer, int Head)
+{
+    public override string ToString() => $"L{Layer}H{Head}";
+}
+
+/// <summary>Neuron i of layer L's blocks.L.mlp.hook_post (what feeds the down/out projection).</summary>
+public readonly record struct NeuronRef(int Layer, int Index)
+{
+    public override string ToString() => $"L{Layer}N{Index}";
+}
+
+public sealed record AblationOptions
+{
+    public AblationMode Mode { get; init; } = AblationMode.Zero;
+    /// <summary>Heads to ablate; null = every head of every layer (unless <see cref="Neurons"/> are given).</summary>
+    public IReadOnlyList<HeadRef>? Heads { get; init; }
+    public IReadOnlyList<NeuronRef>? Neurons { get; init; }
+    /// <summary>Ablate all selected heads and neurons in one run (one entry) instead of one run per head/neuron.</summary>
+    public bool Together { get; init; }
+    /// <summary>Mean mode: prompts whose positions the mean is taken over; null = the prompt itself.</summary>
+    public IReadOnlyList<int[]>? MeanPrompts { get; init; }
+}
+
+/// <summary>One ablation run: what was ablated, the target logit and its change from the base run.</summary>
+public sealed record AblationEntry(string Label, HeadRef[] Heads, NeuronRef[] Neurons, double Logit, double Delta);
+
+/// <summary>
+/// Result of <see cref="HeadAblation.Run"/>. <see cref="Delta"/> is [n_layers][n_heads] (NaN where a head was not
+/// ablated on its own; null when the run ablated a set together or only neurons).
+/// </summary>
+public sealed record AblationResult(
+    int[] Tokens,
+    int Target,
+    AblationMode Mode,
+    string? MeanSource,
+    double Base,
+    Grid? Delta,
+    IReadOnlyList<AblationEntry> Entries);
+
+/// <summary>
+/// Head ablation (SPEC "zero-ablation of attention heads"): z[t][h][:] = 0 at every position t at blocks.L.attn.hook_z;
+/// the output projection (and its bias) then runs as usual. delta = ablated logits[P][target] − base. Also mean ablation
+/// (z[t][h] = mean over positions of reference prompts) and single-neuron ablation of mlp.hook_post.
+/// </summary>
+public static class HeadAblation
+{
+    public static AblationResult Run(Session session, int[] tokens, int? target = null, AblationOptions? options = null)
+    {
+        options ??= new AblationOptions();
+        var c = session.Config;
+        InterpMath.CheckTokens(session, tokens, "--tokens");
+        if (target is int tg0) InterpMath.CheckToken(c, tg0, "--target");
+        int L = c.NLayers, H = c.NHeads, d = c.HeadDim;
+        var neurons = options.Neurons ?? [];
+        var heads = options.Heads ?? (neurons.Count > 0 ? [] : AllHeads(c));
+        foreach (var h in heads)
+            if (h.Layer < 0 || h.Layer >= L || h.Head < 0 || h.Head >= H)
+                throw new UsageException($"--heads: {h} is out of range (model has {L} layers of {H} heads)");
+        foreach (var n in neurons)
+            if (n.Layer < 0 || n.Layer >= L || n.Index < 0 || n.Index >= c.DMlp)
+                throw new UsageException($"--neurons: {n.Layer}:{n.Index} is out of range (model has {L} layers of {c.DMlp} MLP neurons)");
+        if (heads.Count == 0 && neurons.Count == 0) throw new UsageException("--heads: nothing to ablate");
+
+        var baseLast = InterpMath.LastRow(session.Run(tokens), c.VocabSize).ToArray();
+        int T = tokens.Length;
+        int tgt = target ?? Session.ArgMax(baseLast);
+        double baseLogit = baseLast[tgt];
+
+        // Mean values: z per (layer, head) [d], hook_post per (layer, neuron).
+        float[][]? zMean = null, postMean = null;
+        string? meanSource = null;
+        if (options.Mode == AblationMode.Mean)
+        {
+            var prompts = options.MeanPrompts ?? [tokens];
+            if (prompts.Count == 0) throw new UsageException("--mean-prompts: no reference prompts");
+            meanSource = options.MeanPrompts == null ? "the prompt itself (all positions)" : $"{prompts.Count} reference prompt(s), all positions";
+            var zLayers = heads.Select(h => h.Layer).ToHashSet();
+            var nLayers = neurons.Select(n => n.Layer).ToHashSet();
+            zMean = new float[L][]; postMean = new float[L][];
+            var zSum = new double[L][]; var postSum = new double[L][];
+            long rows = 0;
+            foreach (var p in prompts)
+            {
+                InterpMath.CheckTokens(session, p, "--mean-prompts");
+                var (_, cache) = session.RunWithCache(p, name =>
+                    HookPoints.TryParse(name, out var k, out int l) &&
+                    ((k == HookKind.Z && zLayers.Contains(l)) || (k == HookKind.MlpPost && nLayers.Contains(l))));
+                foreach (int l in zLayers) Accumulate(ref zSum[l], cache[HookPoints.Name(HookKind.Z, l)].Data, H * d);
+                foreach (int l in nLayers) Accumulate(ref postSum[l], cache[HookPoints.Name(HookKind.MlpPost, l)].Data, c.DMlp);
+                rows += p.Length;
+            }
+            for (int l = 0; l < L; l++)
+            {
+                if (zSum[l] != null) zMean[l] = zSum[l].Select(v => (float)(v / rows)).ToArray();
+                if (postSum[l] != null) postMean[l] = postSum[l].Select(v => (float)(v / rows)).ToArray();
+            }
+        }
+
+        var runs = new List<(string Label, HeadRef[] Heads, NeuronRef[] Neurons)>();
+        if (options.Together)
+            runs.Add((string.Join("+", heads.Select(h => h.ToString()).Concat(neurons.Select(n => n.ToString()))), heads.ToArray(), neurons.ToArray()));
+        else
+        {
+            foreach (var h in heads) runs.Add((h.ToString(), [h], []));
+            foreach (var n in neurons) runs.Add((n.ToString(), [], [n]));
+        }
+
+        var entries = new List<AblationEntry>();
+        Grid? delta = null;
+        if (!options.Together && heads.Count > 0) delta = new Grid(L, H).Fill(double.NaN);
+        foreach (var (label, hs, ns) in runs)
+        {
+            var last = InterpMath.RunLast(session, tokens, Hooks(hs, ns, zMean, postMean, d));
+            double logit = last[tgt];
+            entries.Add(new AblationEntry(label, hs, ns, logit, logit - baseLogit));
+            if (delta != null && hs.Length == 1 && ns.Length == 0) delta[hs[0].Layer, hs[0].Head] = logit - baseLogit;
+        }
+        return new AblationResult(tokens, tgt, options.Mode, meanSource, baseLogit, delta, entries);
+    }
+
+    public static List<HeadRef> AllHeads(ModelConfig c)
+    {
+        var list = new List<HeadRef>();
+        for (int l = 0; l < c.NLayers; l++)
+            for (int h = 0; h < c.NHeads; h++) list.Add(new HeadRef(l, h));
+        return list;
+    }
+
+    static void Accumulate(ref double[] sum, float[] data, int width)
+    {
+        sum ??= new double[width];
+        for (int i = 0; i < data.Length; i++) sum[i % width] += data[i];
+    }
+
+    /// <summary>The hooks that ablate these heads (at hook_z) and neurons (at mlp.hook_post); means null = zero ablation.</summary>
+    static List<(HookKind, int, HookFn)> Hooks(HeadRef[] heads, NeuronRef[] neurons, float[][]? zMean, float[][]? postMean, int d)
+    {
+        var hooks = new List<(HookKind, int, HookFn)>();
+        foreach (var g in heads.GroupBy(h => h.Layer))
+        {
+            var sites = g.Select(h => new Site(HookKind.Z, g.Key, Head: h.Head)).ToArray();
+            var mean = zMean?[g.Key];
+            hooks.Add((HookKind.Z, g.Key, tap =>
+            {
+                foreach (var s in sites)
+                    foreach (var (o, n, head) in s.Segments(tap.Shape))
+                        if (mean == null) tap.Data.Slice(o, n).Clear();
+                        else mean.AsSpan(head * d, d).CopyTo(tap.Data.Slice(o, n));
+            }));
+        }
+        foreach (var g in neurons.GroupBy(n => n.Layer))
+        {
+            var idx = g.Select(n => n.Index).ToArray();
+            var mean = postMean?[g.Key];
+            hooks.Add((HookKind.MlpPost, g.Key, tap =>
+            {
+                int M = tap.Shape.D1;
+                for (int t = 0; t < tap.Shape.D0; t++)
+                    foreach (int i in idx) tap.Data[t * M + i] = mean?[i] ?? 0f;
+            }));
+        }
+        return hooks;
+    }
+}
