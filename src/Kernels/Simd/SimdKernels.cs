@@ -42,7 +42,6 @@ public sealed unsafe class SimdKernels : IKernels
     // ---------------------------------------------------------------- matmul
 
     readonly GemmWork _gemm = new();
-
     /// <summary>Register-tiled kernels of <see cref="Gemm"/> (AVX-512); items are blocks of Gemm.NBlock output columns.</summary>
     sealed class GemmWork : IParallelWork
     {
@@ -64,6 +63,62 @@ public sealed unsafe class SimdKernels : IKernels
         }
     }
 
+    readonly PackedWork _packed = new();
+    readonly PackXWork _packX = new();
+    float[]? _xpack;                                  // x packed for the packed path, grown once
+
+    [ThreadStatic] static float[]? t_packScratch;
+    static float* PackScratch(long floats)
+    {
+        if (t_packScratch == null || t_packScratch.Length < floats) t_packScratch = GC.AllocateUninitializedArray<float>((int)Math.Max(floats, 16384), pinned: true);
+        return (float*)Unsafe.AsPointer(ref t_packScratch[0]);
+    }
+
+    /// <summary>Packs x once per call: [K][12] tiles (input-major) or [K][32] panels of xᵀ (out-major).</summary>
+    sealed class PackXWork : IParallelWork
+    {
+        public float* X, Packed; public int Rows, K; public bool InMajor;
+        public void Execute(int index)
+        {
+            if (InMajor) PackedGemm.PackXTile(X, Rows, K, Packed, index);
+            else PackedGemm.PackBTransposed(X, Rows, K, index * PackedGemm.NR, Packed + (long)index * K * PackedGemm.NR);
+        }
+    }
+
+    /// <summary>Many rows: items are panels of 32 output columns (input-major) or tiles of 12 weight rows (out-major).</summary>
+    sealed class PackedWork : IParallelWork
+    {
+        public float* XP, Y, Bias; public int Rows; public Linear W = null!;
+        public void Execute(int index)
+        {
+            byte* w = W.W.Data;
+            if (W.InputMajor)
+            {
+                float* scratch = PackScratch(PackedGemm.KC * PackedGemm.NR + PackedGemm.TileScratch);
+                int n0 = index * PackedGemm.NR;
+                switch (W.DType)
+                {
+                    case DType.F32: PackedGemm.InMajorPanel<F32Load>(XP, Rows, W.In, w, W.Out, Bias, Y, n0, scratch); break;
+                    case DType.BF16: PackedGemm.InMajorPanel<BF16Load>(XP, Rows, W.In, w, W.Out, Bias, Y, n0, scratch); break;
+                    case DType.F16: PackedGemm.InMajorPanel<F16Load>(XP, Rows, W.In, w, W.Out, Bias, Y, n0, scratch); break;
+                    default: throw new NotSupportedException($"matmul weights of dtype {W.DType}");
+                }
+            }
+            else
+            {
+                float* scratch = PackScratch(PackedGemm.OutMajorScratch(Rows));
+                int n0 = index * PackedGemm.MR, rowsW = Math.Min(PackedGemm.MR, W.Out - n0);
+                switch (W.DType)
+                {
+                    case DType.F32: PackedGemm.OutMajorTile<F32Load>(XP, Rows, W.In, w, Bias, Y, W.Out, n0, rowsW, scratch); break;
+                    case DType.BF16: PackedGemm.OutMajorTile<BF16Load>(XP, Rows, W.In, w, Bias, Y, W.Out, n0, rowsW, scratch); break;
+                    case DType.F16: PackedGemm.OutMajorTile<F16Load>(XP, Rows, W.In, w, Bias, Y, W.Out, n0, rowsW, scratch); break;
+                    default: throw new NotSupportedException($"matmul weights of dtype {W.DType}");
+                }
+            }
+        }
+    }
+
     readonly MatMulOutMajorWork _matNk;
     readonly MatMulInMajorWork _matKn;
 
@@ -72,7 +127,26 @@ public sealed unsafe class SimdKernels : IKernels
         if (x.Length < rows * w.In || y.Length < rows * w.Out) throw new ArgumentException("matmul buffers too small");
         fixed (float* px = x, py = y)
         {
-            if (Gemm.Supported)
+            if (Gemm.Supported && rows >= PackedGemm.MinRows)
+            {
+                fixed (float* pb = w.Bias)
+                {
+                    bool inMajor = w.InputMajor;
+                    long need = inMajor ? PackedGemm.PackedXFloats(rows, w.In) : PackedGemm.PackedXTFloats(rows, w.In);
+                    if (_xpack == null || _xpack.Length < need) _xpack = GC.AllocateUninitializedArray<float>((int)need, pinned: true);
+                    fixed (float* pxp = _xpack)
+                    {
+                        var pack = _packX;
+                        pack.X = px; pack.Packed = pxp; pack.Rows = rows; pack.K = w.In; pack.InMajor = inMajor;
+                        _pool.Run(pack, inMajor ? (rows + PackedGemm.MR - 1) / PackedGemm.MR : (rows + PackedGemm.NR - 1) / PackedGemm.NR);
+                        var job = _packed;
+                        job.XP = pxp; job.Y = py; job.Bias = pb; job.Rows = rows; job.W = w;
+                        _pool.Run(job, inMajor ? (w.Out + PackedGemm.NR - 1) / PackedGemm.NR : (w.Out + PackedGemm.MR - 1) / PackedGemm.MR);
+                        job.W = null!;
+                    }
+                }
+            }
+            else if (Gemm.Supported)
             {
                 var job = _gemm;
                 job.X = px; job.Y = py; job.Rows = rows; job.W = w;
