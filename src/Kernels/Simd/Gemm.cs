@@ -237,4 +237,43 @@ internal static unsafe class Gemm
         for (int k = k0; k < k1; k++) c = Vector512.FusedMultiplyAdd(Vector512.Create(x[k]), TW.Load16(w + k * ldw), c);
         Store16(y, c, bias);
     }
+    // ------------------------------------------------------------------ one row, input-major (decode through Conv1D weights)
+
+    public const int RowBlock = 128;
+
+    /// <summary>
+    /// y[n0..n0+128) = x[0..K) W[:, n0..n0+128) (+ bias) for one row x: 8 accumulators, 512 contiguous bytes (F32) per
+    /// weight row in flight, the row PrefetchRows ahead prefetched — the weight rows are N apart, so the hardware
+    /// prefetcher, which stops at page boundaries, cannot follow them alone. Same per-element FMA chain as InMajor.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static void InMajorRow128<TW>(float* x, int K, byte* w, long ldw, float* bias, float* y) where TW : IWeightLoad
+    {
+        const int PrefetchRows = 6;
+        Vector512<float> c0 = default, c1 = default, c2 = default, c3 = default, c4 = default, c5 = default, c6 = default, c7 = default;
+        int s = TW.Size;
+        int lines = RowBlock * s / 64;
+        for (int k = 0; k < K; k++)
+        {
+            byte* wr = w + k * ldw;
+            if (System.Runtime.Intrinsics.X86.Sse.IsSupported && k + PrefetchRows < K)
+            {
+                byte* pf = wr + PrefetchRows * ldw;
+                for (int l = 0; l < lines; l++) System.Runtime.Intrinsics.X86.Sse.Prefetch0(pf + 64 * l);
+            }
+            var a = Vector512.Create(x[k]);
+            c0 = Vector512.FusedMultiplyAdd(a, TW.Load16(wr), c0);
+            c1 = Vector512.FusedMultiplyAdd(a, TW.Load16(wr + 16 * s), c1);
+            c2 = Vector512.FusedMultiplyAdd(a, TW.Load16(wr + 32 * s), c2);
+            c3 = Vector512.FusedMultiplyAdd(a, TW.Load16(wr + 48 * s), c3);
+            c4 = Vector512.FusedMultiplyAdd(a, TW.Load16(wr + 64 * s), c4);
+            c5 = Vector512.FusedMultiplyAdd(a, TW.Load16(wr + 80 * s), c5);
+            c6 = Vector512.FusedMultiplyAdd(a, TW.Load16(wr + 96 * s), c6);
+            c7 = Vector512.FusedMultiplyAdd(a, TW.Load16(wr + 112 * s), c7);
+        }
+        Store16(y, c0, bias); Store16(y + 16, c1, bias == null ? null : bias + 16);
+        Store16(y + 32, c2, bias == null ? null : bias + 32); Store16(y + 48, c3, bias == null ? null : bias + 48);
+        Store16(y + 64, c4, bias == null ? null : bias + 64); Store16(y + 80, c5, bias == null ? null : bias + 80);
+        Store16(y + 96, c6, bias == null ? null : bias + 96); Store16(y + 112, c7, bias == null ? null : bias + 112);
+    }
 }

@@ -63,6 +63,38 @@ public sealed unsafe class SimdKernels : IKernels
         }
     }
 
+    readonly GemvInMajorWork _gemvIn = new();
+
+    /// <summary>One row through input-major weights (decode): items are blocks of Gemm.RowBlock output columns; the edge block uses InMajor.</summary>
+    sealed class GemvInMajorWork : IParallelWork
+    {
+        public float* X, Y, Bias; public Linear W = null!;
+        public void Execute(int index)
+        {
+            int n0 = index * Gemm.RowBlock, n1 = Math.Min(W.Out, n0 + Gemm.RowBlock);
+            byte* w = W.W.Data;
+            long ldw = (long)W.Out * W.DType.Size();
+            float* bias = Bias == null ? null : Bias + n0;
+            bool full = n1 - n0 == Gemm.RowBlock;
+            switch (W.DType)
+            {
+                case DType.F32:
+                    if (full) Gemm.InMajorRow128<F32Load>(X, W.In, w + (long)n0 * 4, ldw, bias, Y + n0);
+                    else Gemm.InMajor<F32Load>(X, W.In, 1, 0, W.In, w, ldw, Bias, Y, W.Out, n0, n1, false);
+                    break;
+                case DType.BF16:
+                    if (full) Gemm.InMajorRow128<BF16Load>(X, W.In, w + (long)n0 * 2, ldw, bias, Y + n0);
+                    else Gemm.InMajor<BF16Load>(X, W.In, 1, 0, W.In, w, ldw, Bias, Y, W.Out, n0, n1, false);
+                    break;
+                case DType.F16:
+                    if (full) Gemm.InMajorRow128<F16Load>(X, W.In, w + (long)n0 * 2, ldw, bias, Y + n0);
+                    else Gemm.InMajor<F16Load>(X, W.In, 1, 0, W.In, w, ldw, Bias, Y, W.Out, n0, n1, false);
+                    break;
+                default: throw new NotSupportedException($"matmul weights of dtype {W.DType}");
+            }
+        }
+    }
+
     readonly PackedWork _packed = new();
     readonly PackXWork _packX = new();
     float[]? _xpack;                                  // x packed for the packed path, grown once
@@ -145,6 +177,17 @@ public sealed unsafe class SimdKernels : IKernels
                         job.W = null!;
                     }
                 }
+            }
+            else if (Gemm.Supported && rows == 1 && w.InputMajor)
+            {
+                var job = _gemvIn;
+                job.X = px; job.Y = py; job.W = w;
+                fixed (float* pb = w.Bias)
+                {
+                    job.Bias = pb;
+                    _pool.Run(job, (w.Out + Gemm.RowBlock - 1) / Gemm.RowBlock);
+                }
+                job.W = null!;
             }
             else if (Gemm.Supported)
             {

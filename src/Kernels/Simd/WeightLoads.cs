@@ -1,5 +1,6 @@
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
 
 namespace Engine.Kernels.Simd;
 
@@ -32,8 +33,13 @@ internal unsafe struct BF16Load : IWeightLoad
 {
     public static int Size => 2;
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static Vector512<float> Load16(byte* p) =>
-        Vector512.ShiftLeft(Vector512.WidenLower(Vector512.Create(Vector256.Load((ushort*)p), Vector256<ushort>.Zero)), 16).AsSingle();
+    public static Vector512<float> Load16(byte* p) => Vector512.ShiftLeft(Widen16(p), 16).AsSingle();
+
+    /// <summary>16 unsigned 16-bit values zero-extended to 32 bits: one vpmovzxwd with a memory operand on AVX-512.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static Vector512<uint> Widen16(byte* p) =>
+        Avx512F.IsSupported ? Avx512F.ConvertToVector512UInt32(Vector256.Load((ushort*)p))
+                            : Vector512.WidenLower(Vector512.Create(Vector256.Load((ushort*)p), Vector256<ushort>.Zero));
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Vector256<float> Load8(byte* p) =>
         Vector256.ShiftLeft(Vector256.WidenLower(Vector256.Create(Vector128.Load((ushort*)p), Vector128<ushort>.Zero)), 16).AsSingle();
@@ -51,7 +57,7 @@ internal unsafe struct F16Load : IWeightLoad
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Vector512<float> Load16(byte* p)
     {
-        var h = Vector512.WidenLower(Vector512.Create(Vector256.Load((ushort*)p), Vector256<ushort>.Zero));
+        var h = BF16Load.Widen16(p);
         var magnitude = Vector512.ShiftLeft(h & Vector512.Create(0x7FFFu), 13);
         var value = magnitude.AsSingle() * Vector512.Create(5.192296858534828e33f);          // 2^112
         var infNan = Vector512.Equals(h & Vector512.Create(0x7C00u), Vector512.Create(0x7C00u));
