@@ -14,16 +14,28 @@ namespace Engine.Cli.Commands;
 public static class BenchCommand
 {
     public static CommandSpec Spec { get; } = new("bench", "measure prefill and decode tokens/s, with and without a full activation cache",
-        "engine bench (--model M | --preset gpt2-small|smollm2-135m [--dtype f32|bf16|f16]) [--prefill 16,128,512] [--decode 128] [--repeat N] [--json]",
+        "engine bench (--model M | --shape gpt2-small|smollm2-135m [--dtype f32|bf16|f16]) [--prefill 16,128,512] [--decode 128] [--repeat N] [--json]",
         [Common.ModelOption,
-         new("--preset", $"make (once, under weights/) a random-weight model of this shape: {string.Join(", ", RandomModelShape.Presets.Keys)}", ValueName: "P"),
-         new("--dtype", "weight dtype of a --preset model", ValueName: "f32|bf16|f16", Default: "f32"),
+         new("--shape", $"make (once, under weights/) a random-weight model of this shape: {string.Join(", ", RandomModelShape.Presets.Keys)}", ValueName: "S"),
+         new("--preset", "same as --shape", ValueName: "S"),
+         new("--dtype", "weight dtype of a --shape model", ValueName: "f32|bf16|f16", Default: "f32"),
          new("--prefill", "prompt lengths to time", ValueName: "N,N,...", Default: "16,128,512"),
          new("--decode", "new tokens to time through the KV cache (after a 16-token prompt)", ValueName: "N", Default: "128"),
          new("--repeat", "timed runs per figure (the median is reported)", ValueName: "N", Default: "3"),
          new("--no-cache-runs", "skip the runs with a full activation cache registered", IsFlag: true),
          new("--all-logits", "compute logits for every prompt position (default: the last one, as llama-bench and ONNX peers do)", IsFlag: true),
          Common.BackendOption, Common.JsonOption], Run);
+
+    /// <summary>The --shape (or its alias --preset) of a random-weight model, or null when neither is given.</summary>
+    public static (string Name, RandomModelShape Shape)? Shape(CliArgs a)
+    {
+        if (a.Has("--shape") && a.Has("--preset")) throw new UsageException("--preset is an alias of --shape; give one of them");
+        string option = a.Has("--shape") ? "--shape" : "--preset";
+        string? name = a.Get(option);
+        if (name == null) return null;
+        if (!RandomModelShape.Presets.TryGetValue(name, out var shape)) throw new UsageException($"{option}: '{name}' is not one of {string.Join(", ", RandomModelShape.Presets.Keys)}");
+        return (name, shape);
+    }
 
     public static string PresetFolder(string preset, DType dtype) => Path.Combine("weights", $"bench-{preset}-{dtype.Name().ToLowerInvariant()}");
 
@@ -34,11 +46,9 @@ public static class BenchCommand
         int decode = a.Int("--decode", 128, 0, 100_000);
         int repeat = a.Int("--repeat", 3, 1, 1000);
         string folder;
-        if (a.Has("--preset"))
+        if (Shape(a) is var (preset, shape))
         {
-            if (a.Has("--model")) throw new UsageException("engine bench: give --model or --preset, not both");
-            string preset = a.Get("--preset")!;
-            if (!RandomModelShape.Presets.TryGetValue(preset, out var shape)) throw new UsageException($"--preset: '{preset}' is not one of {string.Join(", ", RandomModelShape.Presets.Keys)}");
+            if (a.Has("--model")) throw new UsageException("engine bench: give --model or --shape, not both");
             var dtype = a.Choice("--dtype", "f32", "bf16", "f16") switch { "bf16" => DType.BF16, "f16" => DType.F16, _ => DType.F32 };
             folder = PresetFolder(preset, dtype);
             if (!File.Exists(Path.Combine(folder, "model.safetensors")))
