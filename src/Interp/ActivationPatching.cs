@@ -22,6 +22,8 @@ public sealed record PatchOptions
     public PatchDirection Direction { get; init; } = PatchDirection.Denoise;
     /// <summary>Per-head activations: one cell per (layer, position, head) instead of per (layer, head) over all positions.</summary>
     public bool PerPosition { get; init; }
+    /// <summary>Called after each patched run with (done, total).</summary>
+    public Action<int, int>? Progress { get; init; }
 }
 
 /// <summary>
@@ -182,10 +184,12 @@ public static class ActivationPatching
                     for (int h = 0; h < heads; h++) cells.Add(((l * T + p) * heads + h, new Site(kind, l, Position: p, Head: h)));
         }
 
+        int done = 0;
         foreach (var (flat, site) in cells)
         {
             var last = RunPatched(session, targetTokens, sourceCache, [site]);
             patched.Data[flat] = Metric(last, options.Metric, ans, wr);
+            options.Progress?.Invoke(++done, cells.Count);
         }
         double denom = cleanMetric - corruptMetric;
         var normalized = patched.Map(v => (v - corruptMetric) / denom);

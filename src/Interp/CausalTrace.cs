@@ -83,7 +83,7 @@ public sealed record TraceNoise(
         return Math.Sqrt(Math.Max(0, (sumSq - n * mean * mean) / (n - 1)));
     }
 
-    static double Gaussian(Random rng)
+    internal static double Gaussian(Random rng)
     {
         // Box–Muller; 1 - NextDouble() is in (0, 1]
         double u1 = 1.0 - rng.NextDouble(), u2 = rng.NextDouble();

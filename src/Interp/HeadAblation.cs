@@ -3,8 +3,11 @@ using Engine.Runtime;
 
 namespace Engine.Interp;
 
-/// <summary>Zero: the ablated values become 0. Mean: they become their mean over the positions of reference prompts.</summary>
-public enum AblationMode { Zero, Mean }
+/// <summary>
+/// Zero: the ablated values become 0. Mean: they become their mean over the positions of reference prompts. Resample:
+/// they become the values of another prompt's run at the same positions (several source prompts: the metric is averaged).
+/// </summary>
+public enum AblationMode { Zero, Mean, Resample }
 
 /// <summary>Query head h of layer L (GQA: the query head, never the shared KV head).</summary>
 public readonly record struct HeadRef(int Layer, int Head)
@@ -28,9 +31,21 @@ public sealed record AblationOptions
     public bool Together { get; init; }
     /// <summary>Mean mode: prompts whose positions the mean is taken over; null = the prompt itself.</summary>
     public IReadOnlyList<int[]>? MeanPrompts { get; init; }
+    /// <summary>Resample mode: source prompts (each as long as the prompt); the metric is averaged over them.</summary>
+    public IReadOnlyList<int[]>? ResamplePrompts { get; init; }
+    /// <summary>What is measured at P (default: the target's logit, as SPEC); LogitDiff needs <see cref="Wrong"/>.</summary>
+    public OutputMetric Metric { get; init; } = OutputMetric.Logit;
+    public int? Wrong { get; init; }
+    /// <summary>How many entries <see cref="AblationResult.Ranked"/> keeps (by |delta|, largest first).</summary>
+    public int Top { get; init; } = 20;
+    /// <summary>Called after each ablation run with (done, total).</summary>
+    public Action<int, int>? Progress { get; init; }
 }
 
-/// <summary>One ablation run: what was ablated, the target logit and its change from the base run.</summary>
+/// <summary>
+/// One ablation: what was ablated, the metric after it (<see cref="Logit"/>: the target's logit with the default metric;
+/// averaged over the source prompts in resample mode) and its change from the base run.
+/// </summary>
 public sealed record AblationEntry(string Label, HeadRef[] Heads, NeuronRef[] Neurons, double Logit, double Delta);
 
 /// <summary>
@@ -44,12 +59,22 @@ public sealed record AblationResult(
     string? MeanSource,
     double Base,
     Grid? Delta,
-    IReadOnlyList<AblationEntry> Entries);
+    IReadOnlyList<AblationEntry> Entries)
+{
+    /// <summary>The metric measured (default logit of the target).</summary>
+    public MetricSpec Metric { get; init; } = new(OutputMetric.Logit, Target);
+    /// <summary>The entries by |delta|, largest first (at most <see cref="AblationOptions.Top"/>).</summary>
+    public IReadOnlyList<AblationEntry> Ranked { get; init; } = [];
+    /// <summary>Resample mode: the source prompts.</summary>
+    public IReadOnlyList<int[]>? ResamplePrompts { get; init; }
+}
 
 /// <summary>
 /// Head ablation (SPEC "zero-ablation of attention heads"): z[t][h][:] = 0 at every position t at blocks.L.attn.hook_z;
 /// the output projection (and its bias) then runs as usual. delta = ablated logits[P][target] − base. Also mean ablation
-/// (z[t][h] = mean over positions of reference prompts) and single-neuron ablation of mlp.hook_post.
+/// (z[t][h] = mean over positions of reference prompts), resample ablation (the values of other prompts' runs at the same
+/// positions, metric averaged over the sources), single-neuron ablation of mlp.hook_post, other metrics, and a ranking
+/// of the ablations by |delta|.
 /// </summary>
 public static class HeadAblation
 {
@@ -69,11 +94,37 @@ public static class HeadAblation
             if (n.Layer < 0 || n.Layer >= L || n.Index < 0 || n.Index >= c.DMlp)
                 throw new UsageException($"--neurons: {n.Layer}:{n.Index} is out of range (model has {L} layers of {c.DMlp} MLP neurons)");
         if (heads.Count == 0 && neurons.Count == 0) throw new UsageException("--heads: nothing to ablate");
+        if (options.Top < 1) throw new UsageException($"--top: {options.Top} must be at least 1");
+        if (options.Metric == OutputMetric.LogitDiff && options.Wrong == null) throw new UsageException("--wrong: the logit_diff metric needs a wrong token");
+        if (options.Wrong is int w0) InterpMath.CheckToken(c, w0, "--wrong");
 
         var baseLast = InterpMath.LastRow(session.Run(tokens), c.VocabSize).ToArray();
         int T = tokens.Length;
         int tgt = target ?? Session.ArgMax(baseLast);
-        double baseLogit = baseLast[tgt];
+        var metric = new MetricSpec(options.Metric, tgt, options.Wrong ?? -1);
+        double baseLogit = metric.Of(baseLast);
+
+        // Resample: the source runs' z / hook_post (all positions), one set per source prompt.
+        var sources = new List<(float[][] Z, float[][] Post)>();
+        if (options.Mode == AblationMode.Resample)
+        {
+            var prompts = options.ResamplePrompts ?? throw new UsageException("--source-tokens: resample ablation needs at least one source prompt");
+            if (prompts.Count == 0) throw new UsageException("--source-tokens: resample ablation needs at least one source prompt");
+            var zLayers = heads.Select(h => h.Layer).ToHashSet();
+            var nLayers = neurons.Select(n => n.Layer).ToHashSet();
+            foreach (var p in prompts)
+            {
+                InterpMath.CheckTokens(session, p, "--source-tokens");
+                if (p.Length != T) throw new UsageException($"--source-tokens: a source prompt has {p.Length} tokens, the prompt {T}; resampling takes values at the same positions");
+                var (_, cache) = session.RunWithCache(p, name =>
+                    HookPoints.TryParse(name, out var k, out int l) &&
+                    ((k == HookKind.Z && zLayers.Contains(l)) || (k == HookKind.MlpPost && nLayers.Contains(l))));
+                var z = new float[L][]; var post = new float[L][];
+                foreach (int l in zLayers) z[l] = cache[HookPoints.Name(HookKind.Z, l)].Data;
+                foreach (int l in nLayers) post[l] = cache[HookPoints.Name(HookKind.MlpPost, l)].Data;
+                sources.Add((z, post));
+            }
+        }
 
         // Mean values: z per (layer, head) [d], hook_post per (layer, neuron).
         float[][]? zMean = null, postMean = null;
@@ -117,14 +168,69 @@ public static class HeadAblation
         var entries = new List<AblationEntry>();
         Grid? delta = null;
         if (!options.Together && heads.Count > 0) delta = new Grid(L, H).Fill(double.NaN);
+        int done = 0, total = runs.Count * Math.Max(1, sources.Count);
         foreach (var (label, hs, ns) in runs)
         {
-            var last = InterpMath.RunLast(session, tokens, Hooks(hs, ns, zMean, postMean, d));
-            double logit = last[tgt];
+            double logit;
+            if (options.Mode == AblationMode.Resample)
+            {
+                double sum = 0;
+                foreach (var (zs, ps) in sources)
+                {
+                    sum += metric.Of(InterpMath.RunLast(session, tokens, ResampleHooks(hs, ns, zs, ps, d)));
+                    options.Progress?.Invoke(++done, total);
+                }
+                logit = sum / sources.Count;
+            }
+            else
+            {
+                logit = metric.Of(InterpMath.RunLast(session, tokens, Hooks(hs, ns, zMean, postMean, d)));
+                options.Progress?.Invoke(++done, total);
+            }
             entries.Add(new AblationEntry(label, hs, ns, logit, logit - baseLogit));
             if (delta != null && hs.Length == 1 && ns.Length == 0) delta[hs[0].Layer, hs[0].Head] = logit - baseLogit;
         }
-        return new AblationResult(tokens, tgt, options.Mode, meanSource, baseLogit, delta, entries);
+        var ranked = entries.Select((e, i) => (e, i)).OrderByDescending(x => Math.Abs(x.e.Delta)).ThenBy(x => x.i).Take(options.Top).Select(x => x.e).ToList();
+        return new AblationResult(tokens, tgt, options.Mode, meanSource, baseLogit, delta, entries)
+        {
+            Metric = metric, Ranked = ranked, ResamplePrompts = options.Mode == AblationMode.Resample ? options.ResamplePrompts : null,
+        };
+    }
+
+    /// <summary>Every neuron of the given layers (a neuron sweep).</summary>
+    public static List<NeuronRef> AllNeurons(ModelConfig c, IEnumerable<int> layers)
+    {
+        var list = new List<NeuronRef>();
+        foreach (int l in layers)
+        {
+            if (l < 0 || l >= c.NLayers) throw new UsageException($"--layers: layer {l} is out of range (model has {c.NLayers} layers)");
+            for (int i = 0; i < c.DMlp; i++) list.Add(new NeuronRef(l, i));
+        }
+        return list;
+    }
+
+    /// <summary>The hooks that copy a source run's z (heads) and hook_post (neurons) at the same positions.</summary>
+    static List<(HookKind, int, HookFn)> ResampleHooks(HeadRef[] heads, NeuronRef[] neurons, float[][] zSrc, float[][] postSrc, int d)
+    {
+        var hooks = new List<(HookKind, int, HookFn)>();
+        foreach (var g in heads.GroupBy(h => h.Layer))
+        {
+            var sites = g.Select(h => new Site(HookKind.Z, g.Key, Head: h.Head)).ToArray();
+            var src = zSrc[g.Key];
+            hooks.Add((HookKind.Z, g.Key, tap => { foreach (var s in sites) s.CopyInto(tap, src); }));
+        }
+        foreach (var g in neurons.GroupBy(n => n.Layer))
+        {
+            var idx = g.Select(n => n.Index).ToArray();
+            var src = postSrc[g.Key];
+            hooks.Add((HookKind.MlpPost, g.Key, tap =>
+            {
+                int M = tap.Shape.D1;
+                for (int t = 0; t < tap.Shape.D0; t++)
+                    foreach (int i in idx) tap.Data[t * M + i] = src[t * M + i];
+            }));
+        }
+        return hooks;
     }
 
     public static List<HeadRef> AllHeads(ModelConfig c)

@@ -1,6 +1,7 @@
 using System.Globalization;
 using Engine.Interp;
 using Engine.Interp.Reports;
+using Engine.Loader;
 
 namespace Engine.Cli.Commands;
 
@@ -9,7 +10,7 @@ public static class InterpLensCommand
 {
     public static CommandSpec Spec { get; } = new("lens",
         "logit lens: top-k next-token predictions read from every layer's residual stream",
-        "engine lens --model M (--prompt TEXT | --tokens IDS) [--top K] [--target T] [--json] [--out FILE.json] [--out-svg FILE.svg] [--backend B]\n\n" +
+        "engine lens --model M (--prompt TEXT | --tokens IDS) [--top K] [--target T] [--json] [--out DIR] [--json-out FILE.json] [--svg FILE.svg] [--png FILE.png] [--backend B]\n\n" +
         "For every layer L and position t: softmax(unembed(final_norm(blocks.L.hook_resid_post[t]))), the final norm's\n" +
         "statistics recomputed from that residual (not frozen). Top-k by probability, exact ties: lower id first.\n" +
         "JSON: top_ids / top_probs [n_layers][T][k]; with --target, target_rank (0 = top) and target_prob [n_layers][T].",
@@ -78,6 +79,33 @@ public static class InterpLensCommand
                     o.WriteLine($"  L{l,-3} {string.Join("  ", parts)}{extra}");
                 }
             }
-        }, () => Figures.LogitLens(r, text));
+        }, () => Figures.LogitLens(r, text), () => Parts(r, text));
+    }
+
+    /// <summary>lens.csv: one row per (layer, position, rank); target.csv: the target's rank and probability.</summary>
+    internal static InterpCommands.ReportParts Parts(LogitLensResult r, Func<int, string> text)
+    {
+        var lens = new CsvTable("lens", "layer", "position", "token", "token_text", "rank", "top_id", "top_text", "prob")
+        { Caption = "Top-k tokens of unembed(final_norm(resid_post)) per layer and position (rank 0 = most probable)." };
+        for (int l = 0; l < r.TopIds.Length; l++)
+            for (int t = 0; t < r.Tokens.Length; t++)
+                for (int j = 0; j < r.TopIds[l][t].Length; j++)
+                    lens.Add(l, t, r.Tokens[t], text(r.Tokens[t]), j, r.TopIds[l][t][j], text(r.TopIds[l][t][j]), r.TopProbs[l][t][j]);
+        var tables = new List<CsvTable>();
+        var summary = new List<string>();
+        int P = r.Tokens.Length - 1, L = r.TopIds.Length;
+        summary.Add(string.Create(CultureInfo.InvariantCulture, $"last layer, last position: {RunCommand.Quote(text(r.TopIds[L - 1][P][0]))} with p = {r.TopProbs[L - 1][P][0]:G4} (the model's own prediction)"));
+        if (r.TargetToken is int tg)
+        {
+            var target = new CsvTable("target", "layer", "position", "token", "token_text", "target_rank", "target_prob")
+            { Caption = $"Rank (0 = top) and probability of the target {RunCommand.Quote(text(tg))} (id {tg})." };
+            for (int l = 0; l < L; l++)
+                for (int t = 0; t < r.Tokens.Length; t++)
+                    target.Add(l, t, r.Tokens[t], text(r.Tokens[t]), (int)r.TargetRank![l, t], r.TargetProb![l, t]);
+            tables.Add(target);
+            summary.Add(string.Create(CultureInfo.InvariantCulture, $"target {RunCommand.Quote(text(tg))} at the last position: rank {r.TargetRank![L - 1, P]}, p = {r.TargetProb![L - 1, P]:G4} in the last layer"));
+        }
+        tables.Insert(0, lens);
+        return new InterpCommands.ReportParts { Tables = tables, Summary = summary, Title = "Logit lens" };
     }
 }

@@ -48,6 +48,7 @@ public static class InterpPatchCommand
             Metric = (PatchMetric)Array.IndexOf(Metrics, metric),
             Direction = direction == "noise" ? PatchDirection.Noise : PatchDirection.Denoise,
             PerPosition = a.Flag("--per-position"),
+            Progress = InterpCommands.Progress(a, "patch"),
         };
         if (options.PerPosition && !ActivationPatching.IsPerHead(options.Activation))
             throw new UsageException($"--per-position: only for per-head activations (z, q, k, v, pattern); {act} is always patched per (layer, position)");
@@ -102,6 +103,42 @@ public static class InterpPatchCommand
                     o.WriteLine($"{r.Axes[2]} {h}:");
                     InterpCommands.Table(o, g.SliceLast(h), "layer", l => $"L{l}", InterpCommands.PositionLabel(corrupt, text));
                 }
-        }, () => Figures.Patching(r, text));
+        }, () => Figures.Patching(r, text), () => Parts(r, text, act, metric, direction, baseMetric));
+    }
+
+    /// <summary>patched.csv: one row per cell (the result's axes as columns) with patched (raw metric), normalized and value.</summary>
+    internal static InterpCommands.ReportParts Parts(PatchResult r, Func<int, string> text, string act, string metric, string direction, string baseMetric)
+    {
+        var cols = new List<string>(r.Axes);
+        bool byPosition = r.Axes.Contains("position");
+        if (byPosition) { cols.Add("token"); cols.Add("token_text"); }
+        cols.AddRange(["patched", "normalized", "value"]);
+        var table = new CsvTable("patched", [.. cols])
+        {
+            Caption = $"{direction} patching of {act}: patched = {baseMetric} with the cell patched, normalized = (patched - corrupt) / (clean - corrupt), value = {metric}.",
+        };
+        var g = r.Values;
+        int n = g.Data.Length;
+        var idx = new int[g.Rank];
+        for (int i = 0; i < n; i++)
+        {
+            int rem = i;
+            for (int ax = g.Rank - 1; ax >= 0; ax--) { idx[ax] = rem % g.Shape[ax]; rem /= g.Shape[ax]; }
+            var row = new List<object?>();
+            row.AddRange(idx.Select(v => (object?)v));
+            if (byPosition) { int t = idx[Array.IndexOf(r.Axes, "position")]; row.Add(r.CorruptTokens[t]); row.Add(text(r.CorruptTokens[t])); }
+            row.Add(r.Patched.Data[i]); row.Add(r.Normalized.Data[i]); row.Add(g.Data[i]);
+            table.Add([.. row]);
+        }
+        return new InterpCommands.ReportParts
+        {
+            Tables = [table],
+            Title = $"Activation patching ({direction}) of {act}",
+            Summary =
+            [
+                $"answer {RunCommand.Quote(text(r.AnswerToken))} (id {r.AnswerToken}), wrong {RunCommand.Quote(text(r.WrongToken))} (id {r.WrongToken})",
+                string.Create(System.Globalization.CultureInfo.InvariantCulture, $"clean {baseMetric} {r.CleanMetric:G6}, corrupted {r.CorruptMetric:G6}"),
+            ],
+        };
     }
 }

@@ -12,7 +12,7 @@ public static class InterpTraceCommand
         "causal tracing (ROME): which hidden states carry the subject's information to the prediction",
         "engine trace --model M (--prompt TEXT | --tokens IDS) (--subject-positions 1,2,3 | --subject TEXT) [--target T]\n" +
         "             [--noise FILE.safetensors | --samples S --noise-scale K --seed N [--noise-std X | --noise-std-from subject|embeddings]]\n" +
-        "             [--window W] [--kinds resid,mlp,attn] [--json] [--out FILE.json] [--out-svg FILE.svg] [--backend B]\n\n" +
+        "             [--window W] [--kinds resid,mlp,attn] [--json] [--out DIR] [--json-out FILE.json] [--svg FILE.svg] [--png FILE.png] [--backend B]\n\n" +
         "Corrupted run s adds noise[s][i] to hook_embed (the token-embedding lookup) at subject position i. prob = softmax of the\n" +
         "last position's logits at the target (default: the clean argmax). resid[L][t]: blocks.L.hook_resid_post[t] restored to\n" +
         "its clean value; mlp/attn[L][t]: hook_mlp_out/hook_attn_out[t] restored at every layer of window(L) =\n" +
@@ -123,6 +123,32 @@ public static class InterpTraceCommand
                 for (int l = 0; l < L; l++) for (int t = 0; t < T; t++) tr[t, l] = g[l, t];
                 InterpCommands.Table(o, tr, "position", t => $"{t}{(marked.Contains(t) ? "*" : "")}:{text(tokens[t])}", l => $"L{l}");
             }
-        }, () => Figures.CausalTrace(r, text));
+        }, () => Figures.CausalTrace(r, text), () => Parts(r, text));
+    }
+
+    /// <summary>trace.csv: one row per (kind, layer, position): p(target) restored and the indirect effect.</summary>
+    internal static InterpCommands.ReportParts Parts(TraceResult r, Func<int, string> text)
+    {
+        var table = new CsvTable("trace", "kind", "layer", "position", "token", "token_text", "subject", "prob", "indirect_effect")
+        { Caption = $"p({RunCommand.Quote(text(r.Target))}) at the last position with the state restored (resid: single layer; mlp/attn: window {r.Window}); indirect effect = prob - corrupted prob." };
+        var subject = r.SubjectPositions.ToHashSet();
+        foreach (var (kind, g) in new[] { ("resid", r.Resid), ("mlp", r.Mlp), ("attn", r.Attn) })
+        {
+            if (g == null) continue;
+            for (int l = 0; l < g.Shape[0]; l++)
+                for (int t = 0; t < g.Shape[1]; t++)
+                    table.Add(kind, l, t, r.Tokens[t], text(r.Tokens[t]), subject.Contains(t), g[l, t], g[l, t] - r.CorruptProb);
+        }
+        return new InterpCommands.ReportParts
+        {
+            Tables = [table],
+            Title = $"Causal trace of p({text(r.Target)})",
+            Summary =
+            [
+                string.Create(CultureInfo.InvariantCulture, $"clean p = {r.CleanProb:G6}, corrupted p = {r.CorruptProb:G6} (mean of {r.Noise.Samples} samples), total effect {r.TotalEffect:G6}"),
+                $"subject positions {string.Join(",", r.SubjectPositions)} ({string.Join("", r.SubjectPositions.Select(p => text(r.Tokens[p])))}); noise: {r.Noise.Source}" +
+                    (r.Noise.Std is double sd ? string.Create(CultureInfo.InvariantCulture, $", std {sd:G4} x {r.Noise.Scale}") : ""),
+            ],
+        };
     }
 }

@@ -30,62 +30,97 @@ public sealed class Heatmap
     public IReadOnlySet<int>? MarkedRows { get; init; }
     public IReadOnlySet<int>? MarkedCols { get; init; }
     public string ColorBarLabel { get; init; } = "";
+    /// <summary>Diverging map: the value drawn white (default 0), e.g. the unpatched run's metric.</summary>
+    public double Center { get; init; }
+    /// <summary>Fill of NaN cells (not computed / no token there).</summary>
+    public string NanColor { get; init; } = "#cccccc";
+    /// <summary>Cell width bounds in pixels (the width follows the longest cell text within them).</summary>
+    public double MinCellWidth { get; init; } = 24;
+    public double MaxCellWidth { get; init; } = 70;
 }
 
 /// <summary>
-/// A dependency-free SVG writer for heatmaps (several panels side by side, each with title, axis labels, tick labels,
-/// a colour bar and optional cell text). Deterministic output: same input, same bytes.
+/// Heatmap figures (several panels side by side, each with title, axis labels, tick labels, a colour bar and optional
+/// cell text), laid out once and drawn on an <see cref="ICanvas"/>: SVG text (<see cref="Render(Heatmap[])"/>) or PNG
+/// (<see cref="RenderPng(string?, double, Heatmap[])"/>). Text is measured with the embedded DejaVu Sans. Deterministic
+/// output: same input, same bytes.
 /// </summary>
 public static class SvgHeatmap
 {
-    const double CharW = 6.6;     // approximate width of one 11px sans-serif character
     const int Pad = 16;
+    const double Cos45 = 0.7071067811865476;
 
     public static string Render(params Heatmap[] panels) => Render(null, panels);
 
-    /// <summary>Renders panels left to right under an optional figure title.</summary>
+    /// <summary>Renders panels left to right under an optional figure title, as SVG text.</summary>
     public static string Render(string? figureTitle, params Heatmap[] panels)
+    {
+        var (w, h, draw) = Plan(figureTitle, panels);
+        var c = new SvgCanvas(w, h);
+        draw(c);
+        return c.Finish();
+    }
+
+    /// <summary>The same picture as PNG bytes, drawn at <paramref name="scale"/> pixels per SVG unit.</summary>
+    public static byte[] RenderPng(string? figureTitle, double scale, params Heatmap[] panels)
+    {
+        var (w, h, draw) = Plan(figureTitle, panels);
+        // keep very large figures (e.g. per-position head patching of a big model) below ~60 megapixels
+        double maxScale = Math.Sqrt(60e6 / Math.Max(1, w * h));
+        using var c = new PngCanvas(w, h, Math.Max(0.25, Math.Min(scale, maxScale)));
+        draw(c);
+        return c.Finish();
+    }
+
+    /// <summary>Figure size and the drawing of it.</summary>
+    internal static (double Width, double Height, Action<ICanvas> Draw) Plan(string? figureTitle, Heatmap[] panels)
     {
         if (panels.Length == 0) throw new ArgumentException("no panels");
         var layouts = panels.Select(Layout).ToArray();
         double panelsWidth = Pad + layouts.Sum(l => l.Width + Pad);
-        double width = Math.Max(panelsWidth, figureTitle == null ? 0 : figureTitle.Length * 8.2 + 2 * Pad);
+        double width = Math.Ceiling(Math.Max(panelsWidth, figureTitle == null ? 0 : TextMetrics.Width(figureTitle, 14, true) + 2 * Pad));
         double top = figureTitle != null ? 30 : 0;
-        double height = top + layouts.Max(l => l.Height) + Pad;
-        var sb = new StringBuilder();
-        sb.Append(CultureInfo.InvariantCulture, $"<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{F(width)}\" height=\"{F(height)}\" viewBox=\"0 0 {F(width)} {F(height)}\" font-family=\"DejaVu Sans, Arial, sans-serif\" font-size=\"11\">\n");
-        sb.Append(CultureInfo.InvariantCulture, $"<rect width=\"{F(width)}\" height=\"{F(height)}\" fill=\"white\"/>\n");
-        if (figureTitle != null)
-            sb.Append(CultureInfo.InvariantCulture, $"<text x=\"{F(width / 2)}\" y=\"20\" text-anchor=\"middle\" font-size=\"14\" font-weight=\"bold\">{Esc(figureTitle)}</text>\n");
-        double x = Pad + (width - panelsWidth) / 2;
-        for (int i = 0; i < panels.Length; i++)
+        double height = Math.Ceiling(top + layouts.Max(l => l.Height) + Pad);
+        return (width, height, canvas =>
         {
-            Draw(sb, panels[i], layouts[i], x, top);
-            x += layouts[i].Width + Pad;
-        }
-        sb.Append("</svg>\n");
-        return sb.ToString();
+            if (figureTitle != null) canvas.Text(width / 2, 20, figureTitle, 14, TextAnchor.Middle, bold: true);
+            double x = Pad + (width - panelsWidth) / 2;
+            for (int i = 0; i < panels.Length; i++)
+            {
+                Draw(canvas, panels[i], layouts[i], x, top);
+                x += layouts[i].Width + Pad;
+            }
+        });
     }
 
     sealed record PanelLayout(double CellW, double CellH, double Left, double Top, double GridW, double GridH, double Width, double Height, double Lo, double Hi);
+
+    static string RowLabel(Heatmap h, int r) => Label(h.RowLabels[r]) + (h.MarkedRows?.Contains(r) == true ? "*" : "");
+    static string ColLabel(Heatmap h, int c) => Label(h.ColLabels[c]) + (h.MarkedCols?.Contains(c) == true ? "*" : "");
 
     static PanelLayout Layout(Heatmap h)
     {
         int rows = h.Values.Length, cols = rows == 0 ? 0 : h.Values[0].Length;
         if (h.RowLabels.Length != rows || h.ColLabels.Length != cols)
             throw new ArgumentException($"heatmap '{h.Title}': {rows}x{cols} values but {h.RowLabels.Length} row and {h.ColLabels.Length} column labels");
-        int maxCell = h.CellText?.SelectMany(r => r).Max(s => s?.Length ?? 0) ?? 0;
-        double cellW = Math.Max(24, Math.Min(70, maxCell * CharW + 8));
+        foreach (var row in h.Values)
+            if (row.Length != cols) throw new ArgumentException($"heatmap '{h.Title}': rows of different lengths");
+        double maxCell = h.CellText?.SelectMany(r => r).Max(s => s == null ? 0 : TextMetrics.Width(Label(s), 10)) ?? 0;
+        double cellW = Math.Max(h.MinCellWidth, Math.Min(h.MaxCellWidth, Math.Ceiling(maxCell) + 8));
         double cellH = 22;
-        double rowLabelW = h.RowLabels.Select(Label).DefaultIfEmpty("").Max(s => s.Length) * CharW + 8;
-        double colLabelH = h.ColLabels.Select(Label).DefaultIfEmpty("").Max(s => s.Length) * CharW * 0.75 + 14;
+        double rowLabelW = Enumerable.Range(0, rows).Select(r => TextMetrics.Width(RowLabel(h, r), 11, h.MarkedRows?.Contains(r) == true)).DefaultIfEmpty(0).Max() + 8;
+        var colW = Enumerable.Range(0, cols).Select(c => TextMetrics.Width(ColLabel(h, c), 11, h.MarkedCols?.Contains(c) == true)).ToArray();
+        double colLabelH = colW.DefaultIfEmpty(0).Max() * Cos45 + 18;
         double left = (h.RowAxis.Length > 0 ? 18 : 0) + rowLabelW;
+        // rotated column labels run down to the left: keep the first ones inside the panel
+        for (int c = 0; c < cols; c++) left = Math.Max(left, colW[c] * Cos45 - c * cellW - cellW / 2 + 4);
         double top = 34;
         double gridW = cols * cellW, gridH = rows * cellH;
-        double colorBar = 16 + Math.Max(12 + 60, h.ColorBarLabel.Length * 5.5);
-        double width = Math.Max(left + gridW + colorBar, h.Title.Length * 7.5 + 10);
-        double height = top + gridH + colLabelH + (h.ColAxis.Length > 0 ? 18 : 0);
         var (lo, hi) = Range(h);
+        double tickW = new[] { lo, hi, (lo + hi) / 2 }.Max(v => TextMetrics.Width(Num(v), 9));
+        double colorBar = 16 + Math.Max(15 + tickW + 4, TextMetrics.Width(h.ColorBarLabel, 9) + 4);
+        double width = Math.Ceiling(Math.Max(left + gridW + colorBar, Math.Max(TextMetrics.Width(h.Title, 13, true) + 10, left + TextMetrics.Width(h.ColAxis, 11))));
+        double height = top + Math.Max(gridH + colLabelH + (h.ColAxis.Length > 0 ? 18 : 0), Math.Max(gridH, 60) + 12);
         return new PanelLayout(cellW, cellH, left, top, gridW, gridH, width, height, lo, hi);
     }
 
@@ -94,9 +129,9 @@ public static class SvgHeatmap
         var finite = h.Values.SelectMany(r => r).Where(double.IsFinite).ToArray();
         if (h.Map == ColorMap.Diverging)
         {
-            double m = finite.Length == 0 ? 1 : finite.Max(Math.Abs);
-            if (m == 0) m = 1;
-            return (h.Min ?? -m, h.Max ?? m);
+            double m = finite.Length == 0 ? 1 : finite.Max(v => Math.Abs(v - h.Center));
+            if (m == 0) m = h.Center == 0 ? 1 : Math.Abs(h.Center) * 1e-6 + 1e-12;
+            return (h.Min ?? h.Center - m, h.Max ?? h.Center + m);
         }
         double lo = h.Min ?? (finite.Length == 0 ? 0 : finite.Min());
         double hi = h.Max ?? (finite.Length == 0 ? 1 : finite.Max());
@@ -104,67 +139,62 @@ public static class SvgHeatmap
         return (lo, hi);
     }
 
-    static void Draw(StringBuilder sb, Heatmap h, PanelLayout p, double x0, double y0)
+    static void Draw(ICanvas g, Heatmap h, PanelLayout p, double x0, double y0)
     {
         int rows = h.Values.Length, cols = rows == 0 ? 0 : h.Values[0].Length;
         double gx = x0 + p.Left, gy = y0 + p.Top;
-        sb.Append(CultureInfo.InvariantCulture, $"<g>\n<text x=\"{F(gx + p.GridW / 2)}\" y=\"{F(y0 + 18)}\" text-anchor=\"middle\" font-size=\"13\" font-weight=\"bold\">{Esc(h.Title)}</text>\n");
+        g.BeginGroup();
+        double titleW = TextMetrics.Width(h.Title, 13, true);
+        double titleX = Math.Min(Math.Max(gx + p.GridW / 2, x0 + titleW / 2 + 2), x0 + p.Width - titleW / 2 - 2);
+        g.Text(titleX, y0 + 18, h.Title, 13, TextAnchor.Middle, bold: true);
         for (int r = 0; r < rows; r++)
             for (int c = 0; c < cols; c++)
             {
                 double v = h.Values[r][c];
-                string fill = Color(h.Map, v, p.Lo, p.Hi);
+                string fill = double.IsFinite(v) ? Color(h.Map, v, p.Lo, p.Hi) : h.NanColor;
                 double cx = gx + c * p.CellW, cy = gy + r * p.CellH;
-                sb.Append(CultureInfo.InvariantCulture, $"<rect x=\"{F(cx)}\" y=\"{F(cy)}\" width=\"{F(p.CellW)}\" height=\"{F(p.CellH)}\" fill=\"{fill}\"><title>{Esc($"{h.RowLabels[r]} / {h.ColLabels[c]}: {Num(v)}")}</title></rect>\n");
+                g.Rect(cx, cy, p.CellW, p.CellH, fill, tooltip: $"{h.RowLabels[r]} / {h.ColLabels[c]}: {Num(v)}");
                 string? text = h.CellText?[r][c];
                 if (!string.IsNullOrEmpty(text))
-                    sb.Append(CultureInfo.InvariantCulture, $"<text x=\"{F(cx + p.CellW / 2)}\" y=\"{F(cy + p.CellH / 2 + 4)}\" text-anchor=\"middle\" font-size=\"10\" fill=\"{TextColor(fill)}\">{Esc(Label(text))}</text>\n");
+                    g.Text(cx + p.CellW / 2, cy + p.CellH / 2 + 4, Label(text), 10, TextAnchor.Middle, color: TextColor(fill), maxWidth: p.CellW - 3);
             }
-        sb.Append(CultureInfo.InvariantCulture, $"<rect x=\"{F(gx)}\" y=\"{F(gy)}\" width=\"{F(p.GridW)}\" height=\"{F(p.GridH)}\" fill=\"none\" stroke=\"#444\" stroke-width=\"0.8\"/>\n");
+        g.Rect(gx, gy, p.GridW, p.GridH, null, "#444", 0.8);
         // row tick labels
         for (int r = 0; r < rows; r++)
         {
             bool mark = h.MarkedRows?.Contains(r) == true;
-            string label = Label(h.RowLabels[r]) + (mark ? "*" : "");
-            sb.Append(CultureInfo.InvariantCulture, $"<text x=\"{F(gx - 4)}\" y=\"{F(gy + r * p.CellH + p.CellH / 2 + 4)}\" text-anchor=\"end\"{(mark ? " font-weight=\"bold\"" : "")} xml:space=\"preserve\">{Esc(label)}</text>\n");
+            g.Text(gx - 4, gy + r * p.CellH + p.CellH / 2 + 4, RowLabel(h, r), anchor: TextAnchor.End, bold: mark);
         }
         // column tick labels, rotated
-        double ly = gy + p.GridH + 6;
+        double ly = gy + p.GridH + 8;
         for (int c = 0; c < cols; c++)
         {
             bool mark = h.MarkedCols?.Contains(c) == true;
-            string label = Label(h.ColLabels[c]) + (mark ? "*" : "");
             double lx = gx + c * p.CellW + p.CellW / 2 + 3;
-            sb.Append(CultureInfo.InvariantCulture, $"<text x=\"{F(lx)}\" y=\"{F(ly)}\" text-anchor=\"end\" transform=\"rotate(-45 {F(lx)} {F(ly)})\"{(mark ? " font-weight=\"bold\"" : "")} xml:space=\"preserve\">{Esc(label)}</text>\n");
+            g.Text(lx, ly, ColLabel(h, c), anchor: TextAnchor.End, bold: mark, rotate: -45);
         }
         // axis titles
         if (h.RowAxis.Length > 0)
-        {
-            double ax = x0 + 10, ay = gy + p.GridH / 2;
-            sb.Append(CultureInfo.InvariantCulture, $"<text x=\"{F(ax)}\" y=\"{F(ay)}\" text-anchor=\"middle\" transform=\"rotate(-90 {F(ax)} {F(ay)})\" font-style=\"italic\">{Esc(h.RowAxis)}</text>\n");
-        }
+            g.Text(x0 + 10, gy + p.GridH / 2, h.RowAxis, anchor: TextAnchor.Middle, italic: true, rotate: -90);
         if (h.ColAxis.Length > 0)
-            sb.Append(CultureInfo.InvariantCulture, $"<text x=\"{F(gx + p.GridW / 2)}\" y=\"{F(y0 + p.Height - 4)}\" text-anchor=\"middle\" font-style=\"italic\">{Esc(h.ColAxis)}</text>\n");
+            g.Text(gx + p.GridW / 2, y0 + p.Height - 4, h.ColAxis, anchor: TextAnchor.Middle, italic: true);
         // colour bar
         double bx = gx + p.GridW + 16, bh = Math.Max(p.GridH, 60);
         const int steps = 32;
         for (int i = 0; i < steps; i++)
         {
             double v = p.Hi - (p.Hi - p.Lo) * (i + 0.5) / steps;
-            sb.Append(CultureInfo.InvariantCulture, $"<rect x=\"{F(bx)}\" y=\"{F(gy + bh * i / steps)}\" width=\"12\" height=\"{F(bh / steps + 0.5)}\" fill=\"{Color(h.Map, v, p.Lo, p.Hi)}\"/>\n");
+            g.Rect(bx, gy + bh * i / steps, 12, bh / steps + 0.5, Color(h.Map, v, p.Lo, p.Hi));
         }
-        sb.Append(CultureInfo.InvariantCulture, $"<rect x=\"{F(bx)}\" y=\"{F(gy)}\" width=\"12\" height=\"{F(bh)}\" fill=\"none\" stroke=\"#444\" stroke-width=\"0.6\"/>\n");
-        var ticks = h.Map == ColorMap.Diverging ? new[] { p.Hi, 0.0, p.Lo } : [p.Hi, (p.Hi + p.Lo) / 2, p.Lo];
-        for (int i = 0; i < ticks.Length; i++)
+        g.Rect(bx, gy, 12, bh, null, "#444", 0.6);
+        var ticks = h.Map == ColorMap.Diverging ? new[] { p.Hi, (p.Hi + p.Lo) / 2, p.Lo } : [p.Hi, (p.Hi + p.Lo) / 2, p.Lo];
+        foreach (double t in ticks)
         {
-            double ty = gy + bh * (p.Hi - ticks[i]) / (p.Hi - p.Lo);
-            sb.Append(CultureInfo.InvariantCulture, $"<text x=\"{F(bx + 15)}\" y=\"{F(ty + 4)}\" font-size=\"9\">{Esc(Num(ticks[i]))}</text>\n");
+            double ty = gy + bh * (p.Hi - t) / (p.Hi - p.Lo);
+            g.Text(bx + 15, ty + 4, Num(t), 9);
         }
-        if (h.ColorBarLabel.Length > 0)
-        {
-            sb.Append(CultureInfo.InvariantCulture, $"<text x=\"{F(bx)}\" y=\"{F(gy - 5)}\" font-size=\"9\">{Esc(h.ColorBarLabel)}</text>\n");
-        }
-        sb.Append("</g>\n");
+        if (h.ColorBarLabel.Length > 0) g.Text(bx, gy - 5, h.ColorBarLabel, 9);
+        g.EndGroup();
     }
 
     /// <summary>Hex colour of v on the map over [lo, hi]; NaN → grey.</summary>
@@ -173,8 +203,9 @@ public static class SvgHeatmap
         if (!double.IsFinite(v)) return "#cccccc";
         if (map == ColorMap.Diverging)
         {
-            double m = Math.Max(Math.Abs(lo), Math.Abs(hi));
-            double x = m == 0 ? 0 : Math.Clamp(v / m, -1, 1);
+            // symmetric around the middle of [lo, hi] (0 for the usual ±m range)
+            double mid = (lo + hi) / 2, m = (hi - lo) / 2;
+            double x = m <= 0 ? 0 : Math.Clamp((v - mid) / m, -1, 1);
             // white → red (#b2182b) for positive, white → blue (#2166ac) for negative
             return x >= 0 ? Mix((255, 255, 255), (178, 24, 43), x) : Mix((255, 255, 255), (33, 102, 172), -x);
         }
@@ -203,7 +234,8 @@ public static class SvgHeatmap
         return $"#{r:x2}{g:x2}{bl:x2}";
     }
 
-    static string TextColor(string fill)
+    /// <summary>Black or white, whichever reads better on the fill colour.</summary>
+    public static string TextColor(string fill)
     {
         if (fill.Length != 7) return "black";
         int r = Convert.ToInt32(fill[1..3], 16), g = Convert.ToInt32(fill[3..5], 16), b = Convert.ToInt32(fill[5..7], 16);
@@ -249,7 +281,5 @@ public static class SvgHeatmap
         return sb.ToString();
     }
 
-    static string F(double v) => v.ToString("0.##", CultureInfo.InvariantCulture);
-
-    static string Num(double v) => double.IsFinite(v) ? v.ToString("G4", CultureInfo.InvariantCulture) : "n/a";
+    internal static string Num(double v) => double.IsFinite(v) ? v.ToString("G4", CultureInfo.InvariantCulture) : "n/a";
 }

@@ -83,7 +83,7 @@ public class InterpCliTests
         try
         {
             string json = Path.Combine(dir, "t.json"), svg = Path.Combine(dir, "t.svg");
-            string[] trace = ["trace", "--model", m, "--tokens", "1,45,46,47,200,301,5,77", "--subject-positions", "1,2,3", "--window", "3", "--samples", "2", "--out", json, "--out-svg", svg];
+            string[] trace = ["trace", "--model", m, "--tokens", "1,45,46,47,200,301,5,77", "--subject-positions", "1,2,3", "--window", "3", "--samples", "2", "--json-out", json, "--svg", svg];
             var (code, o, e) = Cli(trace);
             Assert.True(code == 0, e);
             Assert.Contains("causal trace", o);                 // readable table without --json
@@ -96,7 +96,7 @@ public class InterpCliTests
             // refuses to overwrite without --force, then overwrites with it
             (code, _, e) = Cli(trace);
             Assert.Equal(2, code);
-            Assert.Contains("--out", e);
+            Assert.Contains("--json-out", e);
             (code, _, e) = Cli([.. trace, "--force"]);
             Assert.True(code == 0, e);
 
@@ -109,11 +109,12 @@ public class InterpCliTests
                 ("dla", ["--tokens", "1,45,46,47"]),
             })
             {
-                string pic = Path.Combine(dir, cmd + Guid.NewGuid().ToString("N") + ".svg");
-                (code, o, e) = Cli([cmd, "--model", m, .. extra, "--plot", pic, "--json"]);
+                string stem = Path.Combine(dir, cmd + Guid.NewGuid().ToString("N"));
+                (code, o, e) = Cli([cmd, "--model", m, .. extra, "--svg", stem + ".svg", "--png", stem + ".png", "--json"]);
                 Assert.True(code == 0, $"{cmd}: {e}");
                 using var _ = JsonDocument.Parse(o);
-                XDocument.Parse(File.ReadAllText(pic));
+                XDocument.Parse(File.ReadAllText(stem + ".svg"));
+                ReportsTests.AssertPng(stem + ".png");
                 (code, o, e) = Cli([cmd, "--model", m, .. extra]);
                 Assert.True(code == 0 && o.Length > 0, $"{cmd} table: {e}");
             }
