@@ -71,27 +71,19 @@ public class InterpFixtureTests
         Near(r.Base, ha.GetProperty("base"), 1e-4, $"{name} ablation base");
     }
 
-    internal static void CheckTrace(Session session, string folder, JsonElement it, string name, bool residOnly = false)
+    internal static void CheckTrace(Session session, string folder, JsonElement it, string name)
     {
         var ct = it.GetProperty("causal_trace");
         var noise = TraceNoise.FromFile(Path.Combine(folder, ct.GetProperty("noise_file").GetString()!), session.Config.DModel);
         var r = CausalTrace.Run(session, Fixture.Ints(ct.GetProperty("tokens")), Fixture.Ints(ct.GetProperty("subject_positions")), noise,
-            ct.GetProperty("target_token").GetInt32(), new TraceOptions { Window = ct.GetProperty("window").GetInt32(), Mlp = !residOnly, Attn = !residOnly });
+            ct.GetProperty("target_token").GetInt32(), new TraceOptions { Window = ct.GetProperty("window").GetInt32() });
         Near(r.CleanProb, ct.GetProperty("clean_prob"), 1e-5, $"{name} clean_prob");
         Near(r.CorruptProb, ct.GetProperty("corrupt_prob"), 1e-5, $"{name} corrupt_prob");
         Near(r.Resid!.Data, ct.GetProperty("resid"), 1e-5, $"{name} trace resid");
-        if (residOnly) return;
         Near(r.Mlp!.Data, ct.GetProperty("mlp"), 1e-5, $"{name} trace mlp");
         Near(r.Attn!.Data, ct.GetProperty("attn"), 1e-5, $"{name} trace attn");
     }
 
-    /// <summary>
-    /// Causal tracing on the scalar cpu-ref backend costs S·(1 + 3·L·T) forward runs (3–7 s per fixture in Debug): the full
-    /// trace (resid, mlp, attn) runs on one fixture per family layout (GPT-2, llama/GQA, Pythia/parallel residual) and the
-    /// smallest Gemma; on the other fixtures (same code paths, other dtypes / biases / vocabularies) clean_prob,
-    /// corrupt_prob and the resid table are checked. Every other SPEC algorithm runs in full on cpu-ref for every fixture.
-    /// </summary>
-    static readonly HashSet<string> FullTraceOnRef = ["gpt2", "llama", "gpt_neox", "gemma-bf16"];
 
     internal static void CheckDla(Session session, JsonElement it, string name)
     {
@@ -132,7 +124,7 @@ public class InterpFixtureTests
     {
         var (fx, model, session) = Open(fixture, backend);
         using (fx) using (model) using (session)
-            CheckTrace(session, fx.Folder, fx.Interp, $"{fixture}/{backend}", residOnly: backend == "cpu-ref" && !FullTraceOnRef.Contains(fixture));
+            CheckTrace(session, fx.Folder, fx.Interp, $"{fixture}/{backend}");
     }
 
     [Theory, MemberData(nameof(Cases))]
@@ -154,7 +146,7 @@ public class InterpFixtureTests
             CheckLens(session, fx.Interp, name);
             CheckPatch(session, fx.Interp, name);
             CheckAblation(session, fx.Interp, name);
-            CheckTrace(session, fx.Folder, fx.Interp, name, residOnly: backend == "cpu-ref");   // see FullTraceOnRef
+            CheckTrace(session, fx.Folder, fx.Interp, name);
             CheckDla(session, fx.Interp, name);
         }
     }
