@@ -84,9 +84,16 @@ public sealed class WorkerPool : IDisposable
             finally { t_inPool = false; }
             if (Interlocked.Decrement(ref _active) != 0)
             {
+                // Done means every participant has decremented _active. The event only puts the caller to sleep: a
+                // participant of the previous job may still Set it after we Reset it (it decrements, then sets), so a
+                // wake-up is re-checked against _active, and the event is reset before checking again.
                 long until = Stopwatch.GetTimestamp() + SpinTicks;
-                while (Volatile.Read(ref _active) != 0 && Stopwatch.GetTimestamp() < until) Thread.SpinWait(8);
-                if (Volatile.Read(ref _active) != 0) _done.Wait();
+                while (Volatile.Read(ref _active) != 0)
+                {
+                    if (Stopwatch.GetTimestamp() < until) { Thread.SpinWait(8); continue; }
+                    _done.Wait();
+                    _done.Reset();
+                }
             }
             _work = null;
             if (_error != null) throw new AggregateException("a parallel kernel failed", _error);
