@@ -237,43 +237,79 @@ internal static unsafe class Gemm
         for (int k = k0; k < k1; k++) c = Vector512.FusedMultiplyAdd(Vector512.Create(x[k]), TW.Load16(w + k * ldw), c);
         Store16(y, c, bias);
     }
-    // ------------------------------------------------------------------ one row, input-major (decode through Conv1D weights)
-
-    public const int RowBlock = 128;
+    // ------------------------------------------------------------------ one row (decode): stream the weights in memory order
 
     /// <summary>
-    /// y[n0..n0+128) = x[0..K) W[:, n0..n0+128) (+ bias) for one row x: 8 accumulators, 512 contiguous bytes (F32) per
-    /// weight row in flight, the row PrefetchRows ahead prefetched — the weight rows are N apart, so the hardware
-    /// prefetcher, which stops at page boundaries, cannot follow them alone. Same per-element FMA chain as InMajor.
+    /// y[n] = dot(x, W row n) (+ bias[n]) for n in [n0, n1) and one row x: rows one after another (a single sequential
+    /// stream the hardware prefetcher follows), four accumulators over 64-element steps for instruction-level parallelism.
+    /// Per element: (acc0 + acc1 + acc2 + acc3) lane sum, then 16-wide steps, then scalar tail, then the bias.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public static void InMajorRow128<TW>(float* x, int K, byte* w, long ldw, float* bias, float* y) where TW : IWeightLoad
+    public static void OutMajorRow<TW>(float* x, int K, byte* w, float* bias, float* y, int n0, int n1) where TW : IWeightLoad
     {
-        const int PrefetchRows = 6;
-        Vector512<float> c0 = default, c1 = default, c2 = default, c3 = default, c4 = default, c5 = default, c6 = default, c7 = default;
-        int s = TW.Size;
-        int lines = RowBlock * s / 64;
-        for (int k = 0; k < K; k++)
+        long ldw = (long)K * TW.Size;
+        int k64 = K & ~63, k16 = K & ~15;
+        for (int n = n0; n < n1; n++)
+        {
+            byte* wr = w + n * ldw;
+            Vector512<float> c0 = default, c1 = default, c2 = default, c3 = default;
+            int k = 0;
+            for (; k < k64; k += 64)
+            {
+                c0 = Vector512.FusedMultiplyAdd(Vector512.Load(x + k), TW.Load16(wr + (long)k * TW.Size), c0);
+                c1 = Vector512.FusedMultiplyAdd(Vector512.Load(x + k + 16), TW.Load16(wr + (long)(k + 16) * TW.Size), c1);
+                c2 = Vector512.FusedMultiplyAdd(Vector512.Load(x + k + 32), TW.Load16(wr + (long)(k + 32) * TW.Size), c2);
+                c3 = Vector512.FusedMultiplyAdd(Vector512.Load(x + k + 48), TW.Load16(wr + (long)(k + 48) * TW.Size), c3);
+            }
+            for (; k < k16; k += 16) c0 = Vector512.FusedMultiplyAdd(Vector512.Load(x + k), TW.Load16(wr + (long)k * TW.Size), c0);
+            float s = Vector512.Sum((c0 + c1) + (c2 + c3));
+            for (; k < K; k++) s = MathF.FusedMultiplyAdd(x[k], TW.Load1(wr + (long)k * TW.Size), s);
+            y[n] = bias == null ? s : s + bias[n];
+        }
+    }
+
+    /// <summary>Rows of input-major weights per decode work item: a contiguous block of RowChunk × N weights.</summary>
+    public const int RowChunk = 128;
+
+    /// <summary>
+    /// Decode through input-major weights W [K, N], part 1: partial[c][0..N) = sum over k in chunk c (rows
+    /// c*RowChunk..) of x[k] W[k, :], k ascending, from 0. Each item streams whole rows in memory order; the partial
+    /// row stays in L1. Part 2 (<see cref="SumChunks"/>) adds the chunks in order.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static void InMajorRowChunk<TW>(float* x, int K, int N, byte* w, int chunk, float* partial) where TW : IWeightLoad
+    {
+        int k0 = chunk * RowChunk, k1 = Math.Min(K, k0 + RowChunk);
+        float* p = partial + (long)chunk * N;
+        int n16 = N & ~15;
+        new Span<float>(p, N).Clear();
+        long ldw = (long)N * TW.Size;
+        for (int k = k0; k < k1; k++)
         {
             byte* wr = w + k * ldw;
-            if (System.Runtime.Intrinsics.X86.Sse.IsSupported && k + PrefetchRows < K)
+            float xk = x[k];
+            var a = Vector512.Create(xk);
+            int n = 0;
+            for (; n + 64 <= n16; n += 64)
             {
-                byte* pf = wr + PrefetchRows * ldw;
-                for (int l = 0; l < lines; l++) System.Runtime.Intrinsics.X86.Sse.Prefetch0(pf + 64 * l);
+                Vector512.Store(Vector512.FusedMultiplyAdd(a, TW.Load16(wr + (long)n * TW.Size), Vector512.Load(p + n)), p + n);
+                Vector512.Store(Vector512.FusedMultiplyAdd(a, TW.Load16(wr + (long)(n + 16) * TW.Size), Vector512.Load(p + n + 16)), p + n + 16);
+                Vector512.Store(Vector512.FusedMultiplyAdd(a, TW.Load16(wr + (long)(n + 32) * TW.Size), Vector512.Load(p + n + 32)), p + n + 32);
+                Vector512.Store(Vector512.FusedMultiplyAdd(a, TW.Load16(wr + (long)(n + 48) * TW.Size), Vector512.Load(p + n + 48)), p + n + 48);
             }
-            var a = Vector512.Create(x[k]);
-            c0 = Vector512.FusedMultiplyAdd(a, TW.Load16(wr), c0);
-            c1 = Vector512.FusedMultiplyAdd(a, TW.Load16(wr + 16 * s), c1);
-            c2 = Vector512.FusedMultiplyAdd(a, TW.Load16(wr + 32 * s), c2);
-            c3 = Vector512.FusedMultiplyAdd(a, TW.Load16(wr + 48 * s), c3);
-            c4 = Vector512.FusedMultiplyAdd(a, TW.Load16(wr + 64 * s), c4);
-            c5 = Vector512.FusedMultiplyAdd(a, TW.Load16(wr + 80 * s), c5);
-            c6 = Vector512.FusedMultiplyAdd(a, TW.Load16(wr + 96 * s), c6);
-            c7 = Vector512.FusedMultiplyAdd(a, TW.Load16(wr + 112 * s), c7);
+            for (; n < n16; n += 16) Vector512.Store(Vector512.FusedMultiplyAdd(a, TW.Load16(wr + (long)n * TW.Size), Vector512.Load(p + n)), p + n);
+            for (; n < N; n++) p[n] = MathF.FusedMultiplyAdd(xk, TW.Load1(wr + (long)n * TW.Size), p[n]);
         }
-        Store16(y, c0, bias); Store16(y + 16, c1, bias == null ? null : bias + 16);
-        Store16(y + 32, c2, bias == null ? null : bias + 32); Store16(y + 48, c3, bias == null ? null : bias + 48);
-        Store16(y + 64, c4, bias == null ? null : bias + 64); Store16(y + 80, c5, bias == null ? null : bias + 80);
-        Store16(y + 96, c6, bias == null ? null : bias + 96); Store16(y + 112, c7, bias == null ? null : bias + 112);
+    }
+
+    /// <summary>Part 2: y[n] = ((partial[0][n] + partial[1][n]) + ...) (+ bias[n]) for n in [n0, n1), chunks in order.</summary>
+    public static void SumChunks(float* partial, int chunks, int N, float* bias, float* y, int n0, int n1)
+    {
+        for (int n = n0; n < n1; n++)
+        {
+            float s = partial[n];
+            for (int c = 1; c < chunks; c++) s += partial[(long)c * N + n];
+            y[n] = bias == null ? s : s + bias[n];
+        }
     }
 }

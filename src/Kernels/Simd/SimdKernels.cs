@@ -64,32 +64,46 @@ public sealed unsafe class SimdKernels : IKernels
     }
 
     readonly GemvInMajorWork _gemvIn = new();
+    readonly GemvOutMajorWork _gemvOut = new();
+    float[]? _partial;                                // per-chunk partial rows of the input-major decode path
 
-    /// <summary>One row through input-major weights (decode): items are blocks of Gemm.RowBlock output columns; the edge block uses InMajor.</summary>
+    /// <summary>One row through input-major weights (decode): chunks of Gemm.RowChunk weight rows, then the ordered sum.</summary>
     sealed class GemvInMajorWork : IParallelWork
     {
+        public float* X, Y, Bias, Partial; public int Chunks; public bool Reduce; public Linear W = null!;
+        public void Execute(int index)
+        {
+            if (Reduce)
+            {
+                int n0 = index * 256;
+                Gemm.SumChunks(Partial, Chunks, W.Out, Bias, Y, n0, Math.Min(W.Out, n0 + 256));
+                return;
+            }
+            byte* w = W.W.Data;
+            switch (W.DType)
+            {
+                case DType.F32: Gemm.InMajorRowChunk<F32Load>(X, W.In, W.Out, w, index, Partial); break;
+                case DType.BF16: Gemm.InMajorRowChunk<BF16Load>(X, W.In, W.Out, w, index, Partial); break;
+                case DType.F16: Gemm.InMajorRowChunk<F16Load>(X, W.In, W.Out, w, index, Partial); break;
+                default: throw new NotSupportedException($"matmul weights of dtype {W.DType}");
+            }
+        }
+    }
+
+    /// <summary>One row through out-major weights (decode): blocks of weight rows, each streamed in memory order.</summary>
+    sealed class GemvOutMajorWork : IParallelWork
+    {
+        public const int Rows = 64;
         public float* X, Y, Bias; public Linear W = null!;
         public void Execute(int index)
         {
-            int n0 = index * Gemm.RowBlock, n1 = Math.Min(W.Out, n0 + Gemm.RowBlock);
+            int n0 = index * Rows, n1 = Math.Min(W.Out, n0 + Rows);
             byte* w = W.W.Data;
-            long ldw = (long)W.Out * W.DType.Size();
-            float* bias = Bias == null ? null : Bias + n0;
-            bool full = n1 - n0 == Gemm.RowBlock;
             switch (W.DType)
             {
-                case DType.F32:
-                    if (full) Gemm.InMajorRow128<F32Load>(X, W.In, w + (long)n0 * 4, ldw, bias, Y + n0);
-                    else Gemm.InMajor<F32Load>(X, W.In, 1, 0, W.In, w, ldw, Bias, Y, W.Out, n0, n1, false);
-                    break;
-                case DType.BF16:
-                    if (full) Gemm.InMajorRow128<BF16Load>(X, W.In, w + (long)n0 * 2, ldw, bias, Y + n0);
-                    else Gemm.InMajor<BF16Load>(X, W.In, 1, 0, W.In, w, ldw, Bias, Y, W.Out, n0, n1, false);
-                    break;
-                case DType.F16:
-                    if (full) Gemm.InMajorRow128<F16Load>(X, W.In, w + (long)n0 * 2, ldw, bias, Y + n0);
-                    else Gemm.InMajor<F16Load>(X, W.In, 1, 0, W.In, w, ldw, Bias, Y, W.Out, n0, n1, false);
-                    break;
+                case DType.F32: Gemm.OutMajorRow<F32Load>(X, W.In, w, Bias, Y, n0, n1); break;
+                case DType.BF16: Gemm.OutMajorRow<BF16Load>(X, W.In, w, Bias, Y, n0, n1); break;
+                case DType.F16: Gemm.OutMajorRow<F16Load>(X, W.In, w, Bias, Y, n0, n1); break;
                 default: throw new NotSupportedException($"matmul weights of dtype {W.DType}");
             }
         }
@@ -178,16 +192,34 @@ public sealed unsafe class SimdKernels : IKernels
                     }
                 }
             }
-            else if (Gemm.Supported && rows == 1 && w.InputMajor)
+            else if (Gemm.Supported && rows == 1)
             {
-                var job = _gemvIn;
-                job.X = px; job.Y = py; job.W = w;
                 fixed (float* pb = w.Bias)
                 {
-                    job.Bias = pb;
-                    _pool.Run(job, (w.Out + Gemm.RowBlock - 1) / Gemm.RowBlock);
+                    if (w.InputMajor)
+                    {
+                        int chunks = (w.In + Gemm.RowChunk - 1) / Gemm.RowChunk;
+                        long need = (long)chunks * w.Out;
+                        if (_partial == null || _partial.Length < need) _partial = GC.AllocateUninitializedArray<float>((int)need, pinned: true);
+                        fixed (float* pp = _partial)
+                        {
+                            var job = _gemvIn;
+                            job.X = px; job.Y = py; job.Bias = pb; job.Partial = pp; job.Chunks = chunks; job.W = w;
+                            job.Reduce = false;
+                            _pool.Run(job, chunks);
+                            job.Reduce = true;
+                            _pool.Run(job, (w.Out + 255) / 256);
+                            job.W = null!;
+                        }
+                    }
+                    else
+                    {
+                        var job = _gemvOut;
+                        job.X = px; job.Y = py; job.Bias = pb; job.W = w;
+                        _pool.Run(job, (w.Out + GemvOutMajorWork.Rows - 1) / GemvOutMajorWork.Rows);
+                        job.W = null!;
+                    }
                 }
-                job.W = null!;
             }
             else if (Gemm.Supported)
             {
