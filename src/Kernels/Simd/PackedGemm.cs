@@ -1,5 +1,6 @@
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
 
 namespace Engine.Kernels.Simd;
 
@@ -21,8 +22,14 @@ internal static unsafe class PackedGemm
 {
     public const int MR = 12, NR = 32, KC = 256;
 
-    /// <summary>Rows from which the packed path pays for its packing.</summary>
-    public const int MinRows = 16;
+    /// <summary>
+    /// Rows from which this path is used: input-major weights are read in place, so it pays from 16 rows; out-major
+    /// weights are transposed into A tiles per call, which pays only from 256 rows (measured on the GPT-2-small and
+    /// SmolLM2 shapes; below that the dot-form kernels of <see cref="Gemm"/> are faster).
+    /// </summary>
+    public const int MinRowsInputMajor = 16, MinRowsOutMajor = 256;
+
+    public static bool Use(int rows, bool inputMajor) => rows >= (inputMajor ? MinRowsInputMajor : MinRowsOutMajor);
 
     // ------------------------------------------------------------------ micro-kernel
 
@@ -30,8 +37,17 @@ internal static unsafe class PackedGemm
     /// c[i, 0..32) (+)= sum_k ap[k * 12 + i] * bp[k * 32 + 0..32) for i &lt; 12, k &lt; kc.
     /// accumulate: continue from c; bias (when not null, last K block only): added after the chain, per column.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static void Micro12x32(float* ap, float* bp, int kc, float* c, long ldc, bool accumulate, float* bias) =>
+        Micro12x32<F32Load>(ap, (byte*)bp, NR * sizeof(float), kc, c, ldc, accumulate, bias, false);
+
+    /// <summary>
+    /// The micro-kernel with B read as 32 elements of TW per k at bp + k * ldbBytes: a packed [kc][32] panel, or a
+    /// panel of the weights themselves (input-major W, rows N apart; prefetch then fetches the rows ahead, which the
+    /// hardware prefetcher, stopping at page boundaries, would not).
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    static void Micro12x32(float* ap, float* bp, int kc, float* c, long ldc, bool accumulate, float* bias)
+    static void Micro12x32<TW>(float* ap, byte* bp, long ldbBytes, int kc, float* c, long ldc, bool accumulate, float* bias, bool prefetch) where TW : IWeightLoad
     {
         Vector512<float> c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51, c60, c61, c70, c71, c80, c81, c90, c91, ca0, ca1, cb0, cb1;
         if (accumulate)
@@ -55,10 +71,12 @@ internal static unsafe class PackedGemm
             c60 = c61 = c70 = c71 = c80 = c81 = c90 = c91 = ca0 = ca1 = cb0 = cb1 = default;
         }
         float* end = ap + (long)kc * MR;
-        for (; ap < end; ap += MR, bp += NR)
+        long pf = 8 * ldbBytes;
+        for (; ap < end; ap += MR, bp += ldbBytes)
         {
-            var b0 = Vector512.Load(bp);
-            var b1 = Vector512.Load(bp + 16);
+            if (prefetch) { Sse.Prefetch0(bp + pf); Sse.Prefetch0(bp + pf + 64); }
+            var b0 = TW.Load16(bp);
+            var b1 = TW.Load16(bp + 16 * TW.Size);
             Vector512<float> x;
             x = Vector512.Create(ap[0]); c00 = Vector512.FusedMultiplyAdd(x, b0, c00); c01 = Vector512.FusedMultiplyAdd(x, b1, c01);
             x = Vector512.Create(ap[1]); c10 = Vector512.FusedMultiplyAdd(x, b0, c10); c11 = Vector512.FusedMultiplyAdd(x, b1, c11);
@@ -112,6 +130,17 @@ internal static unsafe class PackedGemm
         Micro12x32(ap, bp, kc, temp, NR, accumulate, tb);
         for (int i = 0; i < rows; i++)
             for (int j = 0; j < cols; j++) c[i * ldc + j] = temp[i * NR + j];
+    }
+
+    /// <summary>A tile of `rows` ≤ 12 by 32 columns with B read in place from input-major weights (rows ldbBytes apart).</summary>
+    static void TileDirect<TW>(int rows, float* ap, byte* bp, long ldbBytes, int kc, float* c, long ldc, bool accumulate, float* bias, float* temp) where TW : IWeightLoad
+    {
+        if (rows == MR) { Micro12x32<TW>(ap, bp, ldbBytes, kc, c, ldc, accumulate, bias, true); return; }
+        for (int i = 0; i < MR; i++)
+            for (int j = 0; j < NR; j++) temp[i * NR + j] = accumulate && i < rows ? c[i * ldc + j] : 0f;
+        Micro12x32<TW>(ap, bp, ldbBytes, kc, temp, NR, accumulate, bias, true);
+        for (int i = 0; i < rows; i++)
+            for (int j = 0; j < NR; j++) c[i * ldc + j] = temp[i * NR + j];
     }
 
     /// <summary>Floats of per-thread scratch an edge tile needs.</summary>
@@ -183,7 +212,17 @@ internal static unsafe class PackedGemm
         {
             int kc = Math.Min(KC, K - k0);
             bool first = k0 == 0, last = k0 + kc == K;
-            PackBRows<TW>(w + ((long)k0 * N + n0) * TW.Size, (long)N * TW.Size, kc, width, panel);
+            byte* wb = w + ((long)k0 * N + n0) * TW.Size;
+            if (width == NR)
+            {
+                // A full panel: B straight from the weights (32 contiguous elements per row), no copy.
+                for (int t = 0, m = 0; m < M; t++, m += MR)
+                    TileDirect<TW>(Math.Min(MR, M - m), xa + ((long)t * K + k0) * MR, wb, (long)N * TW.Size, kc, y + (long)m * N + n0, N, !first,
+                        last && bias != null ? bias + n0 : null, temp);
+                continue;
+            }
+            // The edge panel: packed with zero padding, so nothing past row ends is read.
+            PackBRows<TW>(wb, (long)N * TW.Size, kc, width, panel);
             for (int t = 0, m = 0; m < M; t++, m += MR)
                 Tile(Math.Min(MR, M - m), width, xa + ((long)t * K + k0) * MR, panel, kc, y + (long)m * N + n0, N, !first,
                     last && bias != null ? bias + n0 : null, temp);

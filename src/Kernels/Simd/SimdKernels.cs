@@ -173,7 +173,7 @@ public sealed unsafe class SimdKernels : IKernels
         if (x.Length < rows * w.In || y.Length < rows * w.Out) throw new ArgumentException("matmul buffers too small");
         fixed (float* px = x, py = y)
         {
-            if (Gemm.Supported && rows >= PackedGemm.MinRows)
+            if (Gemm.Supported && PackedGemm.Use(rows, w.InputMajor))
             {
                 fixed (float* pb = w.Bias)
                 {

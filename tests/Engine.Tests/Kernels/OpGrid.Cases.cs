@@ -56,6 +56,11 @@ public static class OpGrid
             {
                 list.Add(new MatMulCase(3, 70, 45, dt, inMajor, true, values: Values.NonFinite));
                 list.Add(new MatMulCase(7, 1024, 300, dt, inMajor, true));   // many work items: exercises the thread split
+                // Row counts on both sides of the kernels' switch points (packed paths from 16 rows input-major, 256 out-major),
+                // with K past one 256-deep block and N past one 32-wide panel plus a tail.
+                foreach (int rows in new[] { 15, 16, 255, 256, 269 })
+                    list.Add(new MatMulCase(rows, 300, 70, dt, inMajor, true));
+                list.Add(new MatMulCase(269, 300, 70, dt, inMajor, false, values: Values.NonFinite));
             }
 
         // ---- EmbeddingGather
