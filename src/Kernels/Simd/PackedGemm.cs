@@ -1,6 +1,5 @@
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
-using System.Runtime.Intrinsics.X86;
 
 namespace Engine.Kernels.Simd;
 
@@ -10,8 +9,9 @@ namespace Engine.Kernels.Simd;
 /// B as [kc][32], widened from BF16/F16 while packing): one pointer each, constant offsets, the B panel in L1, no
 /// cache-set conflicts from large power-of-two row strides.
 /// <list type="bullet">
-/// <item>input-major W [K, N] (GPT-2 Conv1D): vectors = packed W panels (32 output columns), broadcasts = x rows;
-/// the tile is 12 rows of y.</item>
+/// <item>input-major W [K, N] (GPT-2 Conv1D): vectors = W panels (32 output columns), packed per K block from whole
+/// 128-column row segments read in memory order (<see cref="InMajorBlock{TW}"/>), broadcasts = x rows; the tile is
+/// 12 rows of y.</item>
 /// <item>out-major W [N, K] (nn.Linear): vectors = packed panels of xᵀ (32 rows of x), broadcasts = W rows (read in
 /// place for F32, widened into a small scratch for BF16/F16); the tile is 12 outputs × 32 rows, stored transposed.</item>
 /// </list>
@@ -37,17 +37,8 @@ internal static unsafe class PackedGemm
     /// c[i, 0..32) (+)= sum_k ap[k * 12 + i] * bp[k * 32 + 0..32) for i &lt; 12, k &lt; kc.
     /// accumulate: continue from c; bias (when not null, last K block only): added after the chain, per column.
     /// </summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    static void Micro12x32(float* ap, float* bp, int kc, float* c, long ldc, bool accumulate, float* bias) =>
-        Micro12x32<F32Load>(ap, (byte*)bp, NR * sizeof(float), kc, c, ldc, accumulate, bias, false);
-
-    /// <summary>
-    /// The micro-kernel with B read as 32 elements of TW per k at bp + k * ldbBytes: a packed [kc][32] panel, or a
-    /// panel of the weights themselves (input-major W, rows N apart; prefetch then fetches the rows ahead, which the
-    /// hardware prefetcher, stopping at page boundaries, would not).
-    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    static void Micro12x32<TW>(float* ap, byte* bp, long ldbBytes, int kc, float* c, long ldc, bool accumulate, float* bias, bool prefetch) where TW : IWeightLoad
+    static void Micro12x32(float* ap, float* bp, int kc, float* c, long ldc, bool accumulate, float* bias)
     {
         Vector512<float> c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51, c60, c61, c70, c71, c80, c81, c90, c91, ca0, ca1, cb0, cb1;
         if (accumulate)
@@ -71,12 +62,10 @@ internal static unsafe class PackedGemm
             c60 = c61 = c70 = c71 = c80 = c81 = c90 = c91 = ca0 = ca1 = cb0 = cb1 = default;
         }
         float* end = ap + (long)kc * MR;
-        long pf = 8 * ldbBytes;
-        for (; ap < end; ap += MR, bp += ldbBytes)
+        for (; ap < end; ap += MR, bp += NR)
         {
-            if (prefetch) { Sse.Prefetch0(bp + pf); Sse.Prefetch0(bp + pf + 64); }
-            var b0 = TW.Load16(bp);
-            var b1 = TW.Load16(bp + 16 * TW.Size);
+            var b0 = Vector512.Load(bp);
+            var b1 = Vector512.Load(bp + 16);
             Vector512<float> x;
             x = Vector512.Create(ap[0]); c00 = Vector512.FusedMultiplyAdd(x, b0, c00); c01 = Vector512.FusedMultiplyAdd(x, b1, c01);
             x = Vector512.Create(ap[1]); c10 = Vector512.FusedMultiplyAdd(x, b0, c10); c11 = Vector512.FusedMultiplyAdd(x, b1, c11);
@@ -119,6 +108,12 @@ internal static unsafe class PackedGemm
     static void Tile(int rows, int cols, float* ap, float* bp, int kc, float* c, long ldc, bool accumulate, float* bias, float* temp)
     {
         if (rows == MR && cols == NR) { Micro12x32(ap, bp, kc, c, ldc, accumulate, bias); return; }
+        if (cols == NR)
+        {
+            for (int i0 = 0; i0 < rows; i0 += 4)
+                Micro4x32(Math.Min(4, rows - i0), ap + i0, bp, kc, c + i0 * ldc, ldc, accumulate, bias);
+            return;
+        }
         float* tb = null;
         if (bias != null)
         {
@@ -132,15 +127,41 @@ internal static unsafe class PackedGemm
             for (int j = 0; j < cols; j++) c[i * ldc + j] = temp[i * NR + j];
     }
 
-    /// <summary>A tile of `rows` ≤ 12 by 32 columns with B read in place from input-major weights (rows ldbBytes apart).</summary>
-    static void TileDirect<TW>(int rows, float* ap, byte* bp, long ldbBytes, int kc, float* c, long ldc, bool accumulate, float* bias, float* temp) where TW : IWeightLoad
+    /// <summary>
+    /// Rows i0..i0+r (r ≤ 4) of a 12-row packed A tile (ap already offset by i0; stride 12 per k) times 32 columns of B:
+    /// the same per-element FMA chain as <see cref="Micro12x32{TW}"/>, for the last rows of a matrix.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    static void Micro4x32(int r, float* ap, float* bp, int kc, float* c, long ldc, bool accumulate, float* bias)
     {
-        if (rows == MR) { Micro12x32<TW>(ap, bp, ldbBytes, kc, c, ldc, accumulate, bias, true); return; }
-        for (int i = 0; i < MR; i++)
-            for (int j = 0; j < NR; j++) temp[i * NR + j] = accumulate && i < rows ? c[i * ldc + j] : 0f;
-        Micro12x32<TW>(ap, bp, ldbBytes, kc, temp, NR, accumulate, bias, true);
-        for (int i = 0; i < rows; i++)
-            for (int j = 0; j < NR; j++) c[i * ldc + j] = temp[i * NR + j];
+        Vector512<float> c00 = default, c01 = default, c10 = default, c11 = default, c20 = default, c21 = default, c30 = default, c31 = default;
+        if (accumulate)
+        {
+            c00 = Vector512.Load(c); c01 = Vector512.Load(c + 16);
+            if (r > 1) { c10 = Vector512.Load(c + ldc); c11 = Vector512.Load(c + ldc + 16); }
+            if (r > 2) { c20 = Vector512.Load(c + 2 * ldc); c21 = Vector512.Load(c + 2 * ldc + 16); }
+            if (r > 3) { c30 = Vector512.Load(c + 3 * ldc); c31 = Vector512.Load(c + 3 * ldc + 16); }
+        }
+        float* end = ap + (long)kc * MR;
+        for (; ap < end; ap += MR, bp += NR)
+        {
+            var b0 = Vector512.Load(bp);
+            var b1 = Vector512.Load(bp + 16);
+            Vector512<float> x;
+            x = Vector512.Create(ap[0]); c00 = Vector512.FusedMultiplyAdd(x, b0, c00); c01 = Vector512.FusedMultiplyAdd(x, b1, c01);
+            x = Vector512.Create(ap[1]); c10 = Vector512.FusedMultiplyAdd(x, b0, c10); c11 = Vector512.FusedMultiplyAdd(x, b1, c11);
+            x = Vector512.Create(ap[2]); c20 = Vector512.FusedMultiplyAdd(x, b0, c20); c21 = Vector512.FusedMultiplyAdd(x, b1, c21);
+            x = Vector512.Create(ap[3]); c30 = Vector512.FusedMultiplyAdd(x, b0, c30); c31 = Vector512.FusedMultiplyAdd(x, b1, c31);
+        }
+        if (bias != null)
+        {
+            var bb0 = Vector512.Load(bias); var bb1 = Vector512.Load(bias + 16);
+            c00 += bb0; c01 += bb1; c10 += bb0; c11 += bb1; c20 += bb0; c21 += bb1; c30 += bb0; c31 += bb1;
+        }
+        Vector512.Store(c00, c); Vector512.Store(c01, c + 16);
+        if (r > 1) { Vector512.Store(c10, c + ldc); Vector512.Store(c11, c + ldc + 16); }
+        if (r > 2) { Vector512.Store(c20, c + 2 * ldc); Vector512.Store(c21, c + 2 * ldc + 16); }
+        if (r > 3) { Vector512.Store(c30, c + 3 * ldc); Vector512.Store(c31, c + 3 * ldc + 16); }
     }
 
     /// <summary>Floats of per-thread scratch an edge tile needs.</summary>
@@ -159,26 +180,6 @@ internal static unsafe class PackedGemm
         }
     }
 
-    /// <summary>dst[k * 32 + j] = widen(src[k * ldBytes + j]) for j &lt; width, 0 beyond (rows of W [K, N]).</summary>
-    public static void PackBRows<TW>(byte* src, long ldBytes, int kc, int width, float* dst) where TW : IWeightLoad
-    {
-        for (int k = 0; k < kc; k++)
-        {
-            byte* s = src + k * ldBytes;
-            float* d = dst + k * NR;
-            if (width == NR)
-            {
-                Vector512.Store(TW.Load16(s), d);
-                Vector512.Store(TW.Load16(s + 16 * TW.Size), d + 16);
-            }
-            else
-            {
-                for (int j = 0; j < width; j++) d[j] = TW.Load1(s + j * TW.Size);
-                for (int j = width; j < NR; j++) d[j] = 0f;
-            }
-        }
-    }
-
     /// <summary>dst[k * 32 + j] = x[(m0 + j) * K + k] for j &lt; 32 (0 past M): one K-long panel of xᵀ.</summary>
     public static void PackBTransposed(float* x, int M, int K, int m0, float* dst)
     {
@@ -193,39 +194,62 @@ internal static unsafe class PackedGemm
 
     // ------------------------------------------------------------------ input-major W [K, N]: y = x W
 
-    /// <summary>Floats of the packed-x buffer of <see cref="InMajorPanel{TW}"/>: ceil(M/12) tiles of [K][12].</summary>
+    /// <summary>Floats of the packed-x buffer of <see cref="InMajorBlock{TW}"/>: ceil(M/12) tiles of [K][12].</summary>
     public static long PackedXFloats(int M, int K) => (long)((M + MR - 1) / MR) * K * MR;
 
     /// <summary>Packs x tile t (rows 12t..) as [K][12] for the input-major path.</summary>
     public static void PackXTile(float* x, int M, int K, float* xa, int tile) =>
         PackA<F32Load>((byte*)(x + (long)tile * MR * K), (long)K * sizeof(float), Math.Min(MR, M - tile * MR), K, xa + (long)tile * K * MR);
 
+    /// <summary>Output columns per work item of <see cref="InMajorBlock{TW}"/>.</summary>
+    public const int BlockColumns = 4 * NR;
+
+    /// <summary>Floats of per-thread scratch of <see cref="InMajorBlock{TW}"/>.</summary>
+    public const int BlockScratch = 4 * KC * NR + TileScratch;
+
     /// <summary>
-    /// y[0..M, n0..n0+32) (one panel of output columns): xa = packed x tiles, W [K, N] of TW, bias [N] or null,
-    /// y [M, N]. scratch: ≥ KC * 32 + TileScratch floats.
+    /// y[0..M, n0..n0+128) for one block of four 32-column panels: per K block, the weights' rows are read in memory
+    /// order (a contiguous 512-byte F32 segment per row) and packed into the four panels (widened from BF16/F16), then the
+    /// micro-kernels run on the packed panels. Reading whole row segments keeps the weight stream sequential when few
+    /// rows of x share it; the arithmetic per element is the one FMA chain of the other paths.
     /// </summary>
-    public static void InMajorPanel<TW>(float* xa, int M, int K, byte* w, int N, float* bias, float* y, int n0, float* scratch) where TW : IWeightLoad
+    public static void InMajorBlock<TW>(float* xa, int M, int K, byte* w, int N, float* bias, float* y, int n0, float* scratch) where TW : IWeightLoad
     {
-        int width = Math.Min(NR, N - n0);
-        float* panel = scratch, temp = scratch + KC * NR;
+        int width = Math.Min(BlockColumns, N - n0), panels = (width + NR - 1) / NR;
+        float* packed = scratch, temp = scratch + 4 * KC * NR;
+        long ldw = (long)N * TW.Size;
         for (int k0 = 0; k0 < K; k0 += KC)
         {
             int kc = Math.Min(KC, K - k0);
             bool first = k0 == 0, last = k0 + kc == K;
-            byte* wb = w + ((long)k0 * N + n0) * TW.Size;
-            if (width == NR)
+            for (int k = 0; k < kc; k++)
             {
-                // A full panel: B straight from the weights (32 contiguous elements per row), no copy.
-                for (int t = 0, m = 0; m < M; t++, m += MR)
-                    TileDirect<TW>(Math.Min(MR, M - m), xa + ((long)t * K + k0) * MR, wb, (long)N * TW.Size, kc, y + (long)m * N + n0, N, !first,
-                        last && bias != null ? bias + n0 : null, temp);
-                continue;
+                byte* src = w + (k0 + k) * ldw + (long)n0 * TW.Size;
+                for (int p = 0; p < panels; p++)
+                {
+                    float* d = packed + ((long)p * KC + k) * NR;
+                    int cols = Math.Min(NR, width - p * NR);
+                    byte* sp = src + (long)p * NR * TW.Size;
+                    if (cols == NR)
+                    {
+                        Vector512.Store(TW.Load16(sp), d);
+                        Vector512.Store(TW.Load16(sp + 16 * TW.Size), d + 16);
+                    }
+                    else
+                    {
+                        for (int j = 0; j < cols; j++) d[j] = TW.Load1(sp + j * TW.Size);
+                        for (int j = cols; j < NR; j++) d[j] = 0f;
+                    }
+                }
             }
-            // The edge panel: packed with zero padding, so nothing past row ends is read.
-            PackBRows<TW>(wb, (long)N * TW.Size, kc, width, panel);
-            for (int t = 0, m = 0; m < M; t++, m += MR)
-                Tile(Math.Min(MR, M - m), width, xa + ((long)t * K + k0) * MR, panel, kc, y + (long)m * N + n0, N, !first,
-                    last && bias != null ? bias + n0 : null, temp);
+            for (int p = 0; p < panels; p++)
+            {
+                int cols = Math.Min(NR, width - p * NR), nc = n0 + p * NR;
+                float* bp = packed + (long)p * KC * NR;
+                for (int t = 0, m = 0; m < M; t++, m += MR)
+                    Tile(Math.Min(MR, M - m), cols, xa + ((long)t * K + k0) * MR, bp, kc, y + (long)m * N + nc, N, !first,
+                        last && bias != null ? bias + nc : null, temp);
+            }
         }
     }
 

@@ -131,7 +131,7 @@ public sealed unsafe class SimdKernels : IKernels
         }
     }
 
-    /// <summary>Many rows: items are panels of 32 output columns (input-major) or tiles of 12 weight rows (out-major).</summary>
+    /// <summary>Many rows: items are blocks of 128 output columns (input-major) or tiles of 12 weight rows (out-major).</summary>
     sealed class PackedWork : IParallelWork
     {
         public float* XP, Y, Bias; public int Rows; public Linear W = null!;
@@ -140,13 +140,13 @@ public sealed unsafe class SimdKernels : IKernels
             byte* w = W.W.Data;
             if (W.InputMajor)
             {
-                float* scratch = PackScratch(PackedGemm.KC * PackedGemm.NR + PackedGemm.TileScratch);
-                int n0 = index * PackedGemm.NR;
+                float* bs = PackScratch(PackedGemm.BlockScratch);
+                int b0 = index * PackedGemm.BlockColumns;
                 switch (W.DType)
                 {
-                    case DType.F32: PackedGemm.InMajorPanel<F32Load>(XP, Rows, W.In, w, W.Out, Bias, Y, n0, scratch); break;
-                    case DType.BF16: PackedGemm.InMajorPanel<BF16Load>(XP, Rows, W.In, w, W.Out, Bias, Y, n0, scratch); break;
-                    case DType.F16: PackedGemm.InMajorPanel<F16Load>(XP, Rows, W.In, w, W.Out, Bias, Y, n0, scratch); break;
+                    case DType.F32: PackedGemm.InMajorBlock<F32Load>(XP, Rows, W.In, w, W.Out, Bias, Y, b0, bs); break;
+                    case DType.BF16: PackedGemm.InMajorBlock<BF16Load>(XP, Rows, W.In, w, W.Out, Bias, Y, b0, bs); break;
+                    case DType.F16: PackedGemm.InMajorBlock<F16Load>(XP, Rows, W.In, w, W.Out, Bias, Y, b0, bs); break;
                     default: throw new NotSupportedException($"matmul weights of dtype {W.DType}");
                 }
             }
@@ -187,7 +187,7 @@ public sealed unsafe class SimdKernels : IKernels
                         _pool.Run(pack, inMajor ? (rows + PackedGemm.MR - 1) / PackedGemm.MR : (rows + PackedGemm.NR - 1) / PackedGemm.NR);
                         var job = _packed;
                         job.XP = pxp; job.Y = py; job.Bias = pb; job.Rows = rows; job.W = w;
-                        _pool.Run(job, inMajor ? (w.Out + PackedGemm.NR - 1) / PackedGemm.NR : (w.Out + PackedGemm.MR - 1) / PackedGemm.MR);
+                        _pool.Run(job, inMajor ? (w.Out + PackedGemm.BlockColumns - 1) / PackedGemm.BlockColumns : (w.Out + PackedGemm.MR - 1) / PackedGemm.MR);
                         job.W = null!;
                     }
                 }
@@ -568,6 +568,12 @@ public sealed unsafe class SimdKernels : IKernels
 
         internal static void SoftmaxRow(ReadOnlySpan<float> src, int n, Span<float> dst)
         {
+            if (VectorMath.Supported)
+            {
+                fixed (float* ps = src, pd = dst) VectorMath.Softmax(ps, pd, n);
+                dst[n..].Clear();
+                return;
+            }
             var row = dst[..n];
             float max = TensorPrimitives.Max(src[..n]);
             TensorPrimitives.Subtract(src[..n], max, row);
@@ -613,6 +619,7 @@ public sealed unsafe class SimdKernels : IKernels
         public void Execute(int index)
         {
             int i0 = index * ElementChunk, len = Math.Min(N, i0 + ElementChunk) - i0;
+            if (VectorMath.Supported && VectorMath.Activation(Kind, X + i0, Gated ? Up + i0 : null, Y + i0, len)) return;
             var x = new ReadOnlySpan<float>(X + i0, len);
             var tmp = ScratchA(len);
             Apply(Kind, x, tmp);
@@ -657,7 +664,12 @@ public sealed unsafe class SimdKernels : IKernels
         }
     }
 
-    public void AddInPlace(ReadOnlySpan<float> x, Span<float> acc) => TensorPrimitives.Add(acc, x, acc);
+    public void AddInPlace(ReadOnlySpan<float> x, Span<float> acc)
+    {
+        if (x.Length > acc.Length) throw new ArgumentException("add: x longer than acc");
+        if (VectorMath.Supported) { fixed (float* px = x, pa = acc) VectorMath.Add(px, pa, x.Length); }
+        else TensorPrimitives.Add(acc, x, acc);
+    }
 
     public void ScaleInPlace(Span<float> x, float s) => TensorPrimitives.Multiply(x, s, x);
 }
