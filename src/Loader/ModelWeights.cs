@@ -13,6 +13,39 @@ public sealed class Linear(TensorView weight, bool inputMajor, float[]? bias, in
     public int Out { get; } = outputs;
     public DType DType => W.DType;
     public override string ToString() => $"{W.Name} [{Out}x{In}]{(InputMajor ? " (input-major)" : "")}";
+
+    int _finite;   // 0 unknown, 1 all finite, 2 has Inf/NaN
+
+    /// <summary>
+    /// True when every weight is finite (scanned once, on first use). F16 kernels then widen with fewer operations,
+    /// as no Inf/NaN has to be mapped; weights with Inf/NaN take the exact path.
+    /// </summary>
+    public unsafe bool AllFinite
+    {
+        get
+        {
+            if (_finite == 0) _finite = ScanFinite() ? 1 : 2;
+            return _finite == 1;
+        }
+    }
+
+    unsafe bool ScanFinite()
+    {
+        long n = W.ElementCount;
+        byte* p = W.Data;
+        switch (W.DType)
+        {
+            case DType.F16:
+                for (long i = 0; i < n; i++) if ((System.Runtime.CompilerServices.Unsafe.ReadUnaligned<ushort>(p + 2 * i) & 0x7C00) == 0x7C00) return false;
+                return true;
+            case DType.BF16:
+                for (long i = 0; i < n; i++) if ((System.Runtime.CompilerServices.Unsafe.ReadUnaligned<ushort>(p + 2 * i) & 0x7F80) == 0x7F80) return false;
+                return true;
+            default:
+                for (long i = 0; i < n; i++) if (!float.IsFinite(System.Runtime.CompilerServices.Unsafe.ReadUnaligned<float>(p + 4 * i))) return false;
+                return true;
+        }
+    }
 }
 
 /// <summary>Weights of one transformer block. Small vectors (norms, biases) are widened to float once; matrices stay mapped.</summary>

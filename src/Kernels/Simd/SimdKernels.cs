@@ -84,7 +84,10 @@ public sealed unsafe class SimdKernels : IKernels
             {
                 case DType.F32: Gemm.InMajorRowChunk<F32Load>(X, W.In, W.Out, w, index, Partial); break;
                 case DType.BF16: Gemm.InMajorRowChunk<BF16Load>(X, W.In, W.Out, w, index, Partial); break;
-                case DType.F16: Gemm.InMajorRowChunk<F16Load>(X, W.In, W.Out, w, index, Partial); break;
+                case DType.F16:
+                    if (W.AllFinite) Gemm.InMajorRowChunk<F16FiniteLoad>(X, W.In, W.Out, w, index, Partial);
+                    else Gemm.InMajorRowChunk<F16Load>(X, W.In, W.Out, w, index, Partial);
+                    break;
                 default: throw new NotSupportedException($"matmul weights of dtype {W.DType}");
             }
         }
@@ -103,7 +106,10 @@ public sealed unsafe class SimdKernels : IKernels
             {
                 case DType.F32: Gemm.OutMajorRow<F32Load>(X, W.In, w, Bias, Y, n0, n1); break;
                 case DType.BF16: Gemm.OutMajorRow<BF16Load>(X, W.In, w, Bias, Y, n0, n1); break;
-                case DType.F16: Gemm.OutMajorRow<F16Load>(X, W.In, w, Bias, Y, n0, n1); break;
+                case DType.F16:
+                    if (W.AllFinite) Gemm.OutMajorRow<F16FiniteLoad>(X, W.In, w, Bias, Y, n0, n1);
+                    else Gemm.OutMajorRow<F16Load>(X, W.In, w, Bias, Y, n0, n1);
+                    break;
                 default: throw new NotSupportedException($"matmul weights of dtype {W.DType}");
             }
         }

@@ -78,3 +78,25 @@ internal unsafe struct F16Load : IWeightLoad
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)] public static float Load1(byte* p) => (float)Unsafe.ReadUnaligned<Half>(p);
 }
+
+/// <summary>
+/// IEEE half known to be finite (the tensor was scanned: <see cref="Engine.Loader.Linear.AllFinite"/>): magnitude
+/// shifted into place and rescaled by 2^112, sign moved to bit 31; no Inf/NaN mapping.
+/// </summary>
+internal unsafe struct F16FiniteLoad : IWeightLoad
+{
+    public static int Size => 2;
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector512<float> Load16(byte* p)
+    {
+        var h = BF16Load.Widen16(p);
+        var value = Vector512.ShiftLeft(h & Vector512.Create(0x7FFFu), 13).AsSingle() * Vector512.Create(5.192296858534828e33f);
+        return (value.AsUInt32() | Vector512.ShiftLeft(h & Vector512.Create(0x8000u), 16)).AsSingle();
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector256<float> Load8(byte* p) => F16Load.Load8(p);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static float Load1(byte* p) => (float)Unsafe.ReadUnaligned<Half>(p);
+}

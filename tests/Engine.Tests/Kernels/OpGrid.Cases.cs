@@ -61,6 +61,8 @@ public static class OpGrid
                 foreach (int rows in new[] { 15, 16, 255, 256, 269 })
                     list.Add(new MatMulCase(rows, 300, 70, dt, inMajor, true));
                 list.Add(new MatMulCase(269, 300, 70, dt, inMajor, false, values: Values.NonFinite));
+                foreach (int rows in new[] { 1, 3, 20, 260 })
+                    list.Add(new MatMulCase(rows, 300, 70, dt, inMajor, true, nonFiniteWeights: true));
             }
 
         // ---- EmbeddingGather
@@ -190,12 +192,13 @@ public static class OpGrid
 
 // ==================================================================== the cases
 
-public sealed class MatMulCase(int rows, int inDim, int outDim, DType dtype, bool inputMajor, bool bias, bool misaligned = false, Values values = Values.Normal) : OpCase
+public sealed class MatMulCase(int rows, int inDim, int outDim, DType dtype, bool inputMajor, bool bias, bool misaligned = false, Values values = Values.Normal, bool nonFiniteWeights = false) : OpCase
 {
     public override string Op => "MatMul";
     public override string Vars =>
         $"rows={rows},in={inDim},out={outDim},dtype={dtype.Name()},layout={(inputMajor ? "in-major" : "out-major")},bias={B(bias)}"
-        + (misaligned ? ",offset=odd" : "") + (values != Values.Normal ? $",values={values.ToString().ToLowerInvariant()}" : "");
+        + (misaligned ? ",offset=odd" : "") + (values != Values.Normal ? $",values={values.ToString().ToLowerInvariant()}" : "")
+        + (nonFiniteWeights ? ",weights=nonfinite" : "");
     /// <summary>Float accumulation error grows like sqrt(K).</summary>
     public override Tolerance Tolerance => new(1e-5 * Math.Sqrt(inDim), 1e-5, 1e-9);
 
@@ -204,7 +207,9 @@ public sealed class MatMulCase(int rows, int inDim, int outDim, DType dtype, boo
         var rng = Rng();
         var x = Buffer.Input("x", rng.Spice(rng.Uniform(rows * inDim, -1, 1), values));
         long[] shape = inputMajor ? [inDim, outDim] : [outDim, inDim];
-        var file = TempTensors.Write(dtype, misaligned, shape, rng.Uniform(inDim * outDim, -1, 1));
+        var weights = rng.Uniform(inDim * outDim, -1, 1);
+        if (nonFiniteWeights) weights = rng.Spice(weights, Values.NonFinite);
+        var file = TempTensors.Write(dtype, misaligned, shape, weights);
         var view = file.File.View("w");
         long addr = (long)view.Data;
         if (misaligned ? addr % dtype.Size() == 0 || addr % 4 == 0 : addr % 4 != 0)
