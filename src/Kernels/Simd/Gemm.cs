@@ -284,28 +284,60 @@ internal static unsafe class Gemm
         int n16 = N & ~15;
         new Span<float>(p, N).Clear();
         long ldw = (long)N * TW.Size;
-        for (int k = k0; k < k1; k++)
+        int k = k0;
+        // Four weight rows per pass over the partial row: the chain p = fma(x[k], w[k], p) is unchanged (k ascending),
+        // with a quarter of the loads and stores of p.
+        for (; k + 4 <= k1; k += 4)
+        {
+            byte* w0 = w + k * ldw, w1 = w0 + ldw, w2 = w1 + ldw, w3 = w2 + ldw;
+            var a0 = Vector512.Create(x[k]); var a1 = Vector512.Create(x[k + 1]);
+            var a2 = Vector512.Create(x[k + 2]); var a3 = Vector512.Create(x[k + 3]);
+            int n = 0;
+            for (; n < n16; n += 16)
+            {
+                long o = (long)n * TW.Size;
+                var acc = Vector512.Load(p + n);
+                acc = Vector512.FusedMultiplyAdd(a0, TW.Load16(w0 + o), acc);
+                acc = Vector512.FusedMultiplyAdd(a1, TW.Load16(w1 + o), acc);
+                acc = Vector512.FusedMultiplyAdd(a2, TW.Load16(w2 + o), acc);
+                acc = Vector512.FusedMultiplyAdd(a3, TW.Load16(w3 + o), acc);
+                Vector512.Store(acc, p + n);
+            }
+            for (; n < N; n++)
+            {
+                long o = (long)n * TW.Size;
+                float acc = p[n];
+                acc = MathF.FusedMultiplyAdd(x[k], TW.Load1(w0 + o), acc);
+                acc = MathF.FusedMultiplyAdd(x[k + 1], TW.Load1(w1 + o), acc);
+                acc = MathF.FusedMultiplyAdd(x[k + 2], TW.Load1(w2 + o), acc);
+                acc = MathF.FusedMultiplyAdd(x[k + 3], TW.Load1(w3 + o), acc);
+                p[n] = acc;
+            }
+        }
+        for (; k < k1; k++)
         {
             byte* wr = w + k * ldw;
             float xk = x[k];
             var a = Vector512.Create(xk);
             int n = 0;
-            for (; n + 64 <= n16; n += 64)
-            {
-                Vector512.Store(Vector512.FusedMultiplyAdd(a, TW.Load16(wr + (long)n * TW.Size), Vector512.Load(p + n)), p + n);
-                Vector512.Store(Vector512.FusedMultiplyAdd(a, TW.Load16(wr + (long)(n + 16) * TW.Size), Vector512.Load(p + n + 16)), p + n + 16);
-                Vector512.Store(Vector512.FusedMultiplyAdd(a, TW.Load16(wr + (long)(n + 32) * TW.Size), Vector512.Load(p + n + 32)), p + n + 32);
-                Vector512.Store(Vector512.FusedMultiplyAdd(a, TW.Load16(wr + (long)(n + 48) * TW.Size), Vector512.Load(p + n + 48)), p + n + 48);
-            }
             for (; n < n16; n += 16) Vector512.Store(Vector512.FusedMultiplyAdd(a, TW.Load16(wr + (long)n * TW.Size), Vector512.Load(p + n)), p + n);
             for (; n < N; n++) p[n] = MathF.FusedMultiplyAdd(xk, TW.Load1(wr + (long)n * TW.Size), p[n]);
         }
     }
 
     /// <summary>Part 2: y[n] = ((partial[0][n] + partial[1][n]) + ...) (+ bias[n]) for n in [n0, n1), chunks in order.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void SumChunks(float* partial, int chunks, int N, float* bias, float* y, int n0, int n1)
     {
-        for (int n = n0; n < n1; n++)
+        int n = n0;
+        for (; n + 16 <= n1; n += 16)
+        {
+            var s = Vector512.Load(partial + n);
+            for (int c = 1; c < chunks; c++) s += Vector512.Load(partial + (long)c * N + n);
+            if (bias != null) s += Vector512.Load(bias + n);
+            Vector512.Store(s, y + n);
+        }
+        for (; n < n1; n++)
         {
             float s = partial[n];
             for (int c = 1; c < chunks; c++) s += partial[(long)c * N + n];
