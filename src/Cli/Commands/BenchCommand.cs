@@ -24,6 +24,7 @@ public static class BenchCommand
          new("--repeat", "timed runs per figure (the median is reported)", ValueName: "N", Default: "3"),
          new("--no-cache-runs", "skip the runs with a full activation cache registered", IsFlag: true),
          new("--all-logits", "compute logits for every prompt position (default: the last one, as llama-bench and ONNX peers do)", IsFlag: true),
+         new("--peers", "JSON written by bench/Engine.Peers: adds the peers' figures for this model and engine/peer ratios", ValueName: "FILE"),
          Common.BackendOption, Common.JsonOption], Run);
 
     /// <summary>The --shape (or its alias --preset) of a random-weight model, or null when neither is given.</summary>
@@ -110,6 +111,7 @@ public static class BenchCommand
         if (!a.Flag("--no-cache-runs")) Measure(true);
 
         var dtypes = model.ParameterCounts.OrderByDescending(kv => kv.Value).Select(kv => kv.Key.Name()).ToArray();
+        var peers = a.Has("--peers") ? PeerFigures.Load(a.Get("--peers")!, model.Folder) : null;
         if (a.Flag("--json"))
         {
             Common.WriteJson(a.Out, w =>
@@ -123,6 +125,22 @@ public static class BenchCommand
                 w.WriteNumber("processors", Environment.ProcessorCount);
                 w.WriteBoolean("all_logits", allLogits);
                 w.WriteNumber("repeat", repeat);
+                if (peers != null)
+                {
+                    w.WriteStartObject("peers");
+                    w.WriteString("source", peers.Source);
+                    if (peers.Date != null) w.WriteString("measured_utc", peers.Date);
+                    w.WriteString("note", "peer figures were measured by bench/Engine.Peers in one interleaved run (engine included); ratios here divide this run's engine figures by them");
+                    w.WriteStartArray("figures");
+                    foreach (var f in peers.Figures)
+                    {
+                        w.WriteStartObject();
+                        w.WriteString("peer", f.Peer); w.WriteString("kind", f.Kind); w.WriteNumber("tokens", f.Tokens); w.WriteNumber("tokens_per_second", f.TokensPerSecond);
+                        w.WriteEndObject();
+                    }
+                    w.WriteEndArray();
+                    w.WriteEndObject();
+                }
                 w.WriteStartArray("results");
                 foreach (var r in results)
                 {
@@ -132,6 +150,13 @@ public static class BenchCommand
                     w.WriteBoolean("activation_cache", r.Cache);
                     w.WriteNumber("median_seconds", r.Median);
                     w.WriteNumber("tokens_per_second", r.Tokens / r.Median);
+                    if (peers != null && !r.Cache)
+                    {
+                        w.WriteStartObject("engine_over_peer");
+                        foreach (var f in peers.Figures.Where(f => f.Kind == r.Kind && f.Tokens == r.Tokens && f.Peer != "engine"))
+                            w.WriteNumber(f.Peer, r.Tokens / r.Median / f.TokensPerSecond);
+                        w.WriteEndObject();
+                    }
                     w.WriteStartArray("runs_seconds");
                     foreach (var x in r.Runs) w.WriteNumberValue(x);
                     w.WriteEndArray();
@@ -153,6 +178,44 @@ public static class BenchCommand
             }
         }
         return 0;
+    }
+
+    /// <summary>The figures bench/Engine.Peers measured for one model folder.</summary>
+    sealed record PeerFigures(string Source, string? Date, List<(string Peer, string Kind, int Tokens, double TokensPerSecond)> Figures)
+    {
+        public static PeerFigures Load(string path, string modelFolder)
+        {
+            if (!File.Exists(path)) throw new UsageException($"--peers: '{path}' not found");
+            System.Text.Json.JsonDocument doc;
+            try { doc = System.Text.Json.JsonDocument.Parse(File.ReadAllBytes(path)); }
+            catch (System.Text.Json.JsonException e) { throw new UsageException($"--peers: '{path}' is not valid JSON ({e.Message.Split('\n')[0]})"); }
+            using (doc)
+            {
+                var root = doc.RootElement;
+                if (root.ValueKind != System.Text.Json.JsonValueKind.Object || !root.TryGetProperty("models", out var models) || models.ValueKind != System.Text.Json.JsonValueKind.Array)
+                    throw new UsageException($"--peers: '{path}' has no 'models' array (expected the JSON of bench/Engine.Peers)");
+                string want = Path.GetFullPath(modelFolder).TrimEnd('/');
+                foreach (var m in models.EnumerateArray())
+                {
+                    if (!m.TryGetProperty("model", out var mp) || mp.ValueKind != System.Text.Json.JsonValueKind.String) continue;
+                    string got = Path.GetFullPath(mp.GetString()!).TrimEnd('/');
+                    if (got != want && Path.GetFileName(got) != Path.GetFileName(want)) continue;
+                    var figures = new List<(string, string, int, double)>();
+                    if (m.TryGetProperty("results", out var results))
+                        foreach (var r in results.EnumerateArray())
+                        {
+                            string kind = r.GetProperty("kind").GetString()!;
+                            int tokens = r.GetProperty("tokens").GetInt32();
+                            foreach (var peer in r.GetProperty("peers").EnumerateObject())
+                                if (peer.Value.TryGetProperty("tokens_per_second", out var tps) && tps.ValueKind == System.Text.Json.JsonValueKind.Number)
+                                    figures.Add((peer.Name, kind, tokens, tps.GetDouble()));
+                        }
+                    string? date = root.TryGetProperty("date_utc", out var d) && d.ValueKind == System.Text.Json.JsonValueKind.String ? d.GetString() : null;
+                    return new PeerFigures(path, date, figures);
+                }
+                throw new UsageException($"--peers: '{path}' has no figures for model '{modelFolder}'");
+            }
+        }
     }
 
     static double Median(double[] xs)
