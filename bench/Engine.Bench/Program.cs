@@ -21,6 +21,7 @@ public static class Program
 {
     public static int Main(string[] args)
     {
+        if (args.Length > 0 && args[0] == "sweeps") return SweepBenchmarks.Run(args[1..]);   // not BenchmarkDotNet: see SweepBenchmarks
         bool isa = args.Contains("--isa");
         args = args.Where(a => a != "--isa").ToArray();
         var config = ManualConfig.Create(DefaultConfig.Instance)

@@ -45,10 +45,24 @@ public sealed class CliArgs
             else
             {
                 if (i + 1 >= argv.Count) throw new UsageException($"engine {cmd.Name}: option {name} needs a value ({spec.ValueName ?? "VALUE"})");
+                // "--out --force" is a forgotten value, not a file named "--force": values that look like options need NAME=VALUE.
+                if (argv[i + 1].StartsWith("--", StringComparison.Ordinal) && argv[i + 1].Length > 2)
+                    throw new UsageException($"engine {cmd.Name}: option {name} needs a value ({spec.ValueName ?? "VALUE"}), got option '{argv[i + 1]}' (write {name}={argv[i + 1]} if that is the value)");
                 a._values[name] = argv[++i];
             }
+            if (IsPath(spec) && a._values[name] is string path) CheckPath(cmd, name, path);
         }
         return a;
+    }
+
+    /// <summary>Options whose value is a file or folder (their value name says FILE or DIR).</summary>
+    public static bool IsPath(OptionSpec o) => !o.IsFlag && o.ValueName is string v && (v.Contains("FILE") || v.Contains("DIR"));
+
+    /// <summary>A path value must name something: not empty or blank, no NUL (the OS cannot take it).</summary>
+    static void CheckPath(CommandSpec cmd, string name, string path)
+    {
+        if (string.IsNullOrWhiteSpace(path)) throw new UsageException($"engine {cmd.Name}: option {name} needs a path, got '{path}'");
+        if (path.Contains('\0')) throw new UsageException($"engine {cmd.Name}: option {name}: the path contains a NUL character");
     }
 
     public bool Has(string name) => _values.ContainsKey(name);

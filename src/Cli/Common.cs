@@ -14,6 +14,36 @@ public static class Common
     public static OptionSpec BackendOption => new("--backend", $"compute backend: {string.Join(" | ", KernelRegistry.Names)}", ValueName: "B", Default: KernelRegistry.Default);
     public static OptionSpec JsonOption => new("--json", "print one JSON document on stdout (schema in src/Cli/README.md)", IsFlag: true);
     public static OptionSpec ForceOption => new("--force", "overwrite an existing output file", IsFlag: true);
+    public static OptionSpec CheckFiniteOption => new("--check-finite",
+        "watch every tap for NaN/Inf: exit code 2 naming the first hook (forward order), position and index where one appeared", IsFlag: true);
+
+    /// <summary>The --check-finite watch on a session (null without the flag).</summary>
+    public static Engine.Interp.NonFiniteWatch? WatchFinite(CliArgs a, Session session) =>
+        a.Flag("--check-finite") ? new Engine.Interp.NonFiniteWatch(session) : null;
+
+    /// <summary>The JSON field "check_finite" ({finite, first?}) when --check-finite was given.</summary>
+    public static void CheckFiniteJson(this Utf8JsonWriter w, Engine.Interp.NonFiniteWatch? watch)
+    {
+        if (watch == null) return;
+        w.WriteStartObject("check_finite");
+        w.WriteBoolean("finite", watch.First == null);
+        w.WriteNumber("taps_scanned", watch.TapsScanned);
+        if (watch.First is { } f)
+        {
+            w.WriteStartObject("first");
+            w.WriteString("hook", f.Hook);
+            w.WriteNumber("layer", f.Layer);
+            w.WriteString("kind", f.Kind);
+            w.WriteNumber("position", f.Position);
+            w.WriteNumber("index", f.Index);
+            if (f.Head is int h) w.WriteNumber("head", h);
+            if (f.Key is int k) w.WriteNumber("key", k);
+            w.WriteNumber("forward_call", f.Call);
+            w.WriteString("message", f.Message);
+            w.WriteEndObject();
+        }
+        w.WriteEndObject();
+    }
     public static OptionSpec[] InputOptions =>
     [
         new("--prompt", "input text (needs the model's tokenizer)", ValueName: "TEXT"),

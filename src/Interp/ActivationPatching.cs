@@ -1,3 +1,4 @@
+using Engine.Interp.Sweeps;
 using Engine.Loader;
 using Engine.Runtime;
 
@@ -24,6 +25,13 @@ public sealed record PatchOptions
     public bool PerPosition { get; init; }
     /// <summary>Called after each patched run with (done, total).</summary>
     public Action<int, int>? Progress { get; init; }
+    /// <summary>
+    /// How the cells run: by default from the target run's cached state at the patched layer and position, many cells
+    /// per batched pass; <see cref="SweepOptions.Naive"/> = one full forward pass per cell (the definition).
+    /// </summary>
+    public SweepOptions Sweep { get; init; } = SweepOptions.Default;
+    /// <summary>Finished cells (numbered in the order of the result's cells), for a sweep that resumes after an interruption.</summary>
+    public ICellJournal? Journal { get; init; }
 }
 
 /// <summary>
@@ -128,6 +136,38 @@ public static class ActivationPatching
         return InterpMath.RunLast(session, tokens, hooks);
     }
 
+    /// <summary>
+    /// The sweep from cached states: the target run is captured once (<see cref="Session.CaptureBase"/>); a cell patching
+    /// layer L at position p (every position for per-head cells) reruns layers ≥ L on positions ≥ p only, many cells
+    /// per pass. Same cells, same metric, stored by cell.
+    /// </summary>
+    static void RunFast(Session session, SweepBase @base, ActivationCache sourceCache, List<(int Flat, Site Site)> cells,
+        PatchOptions options, Func<ReadOnlySpan<float>, double> metric, Grid patched)
+    {
+        var c = session.Config;
+        int T = @base.Length;
+        var sweep = new List<SweepCell>(cells.Count);
+        foreach (var (_, site) in cells)
+        {
+            var full = sourceCache[site.HookName];
+            var shape = HookPoints.Shape(c, site.Kind, T, T);
+            var patch = new SitePatch(site, shape);
+            sweep.Add(SweepCell.Single(c, @base, new PatchSite(site.Kind, site.Layer, site.Position), _ => tap => patch.CopyInto(tap, full.Data)));
+        }
+        int done = 0;
+        var journal = options.Journal;
+        for (int i = 0; i < cells.Count; i++)
+            if (journal != null && journal.TryGet(i, out double v)) { patched.Data[cells[i].Flat] = v; done++; }
+        SweepRunner.Run(session, sweep, options.Sweep.Resuming(journal), (i, last) =>
+        {
+            double v = metric(last);
+            patched.Data[cells[i].Flat] = v;
+            if (journal != null && !journal.Has(i)) { journal.Record(i, v); done++; }
+            else if (journal == null) done++;
+            options.Progress?.Invoke(Math.Min(done, cells.Count), cells.Count);
+        });
+    }
+
     public static PatchResult Run(Session session, int[] cleanTokens, int[] corruptTokens, int? answer = null, int? wrong = null, PatchOptions? options = null)
     {
         options ??= new PatchOptions();
@@ -148,7 +188,9 @@ public static class ActivationPatching
         var names = new HashSet<string>(Enumerable.Range(0, L).Select(l => HookPoints.Name(kind, l)));
         var (sourceLogits, sourceCache) = session.RunWithCache(sourceTokens, names.Contains);
         var sourceLast = InterpMath.LastRow(sourceLogits, V).ToArray();
-        var targetLast = InterpMath.LastRow(session.Run(targetTokens), V).ToArray();
+        // The fast path keeps the target run's states (it is the base every cell starts from).
+        using var targetBase = options.Sweep.Naive ? null : session.CaptureBase(targetTokens);
+        var targetLast = targetBase?.LastLogits ?? InterpMath.LastRow(session.Run(targetTokens), V).ToArray();
         var cleanLast = denoise ? sourceLast : targetLast;
         var corruptLast = denoise ? targetLast : sourceLast;
         var (da, dw) = DefaultAnswerWrong(cleanLast, corruptLast);
@@ -184,13 +226,24 @@ public static class ActivationPatching
                     for (int h = 0; h < heads; h++) cells.Add(((l * T + p) * heads + h, new Site(kind, l, Position: p, Head: h)));
         }
 
-        int done = 0;
-        foreach (var (flat, site) in cells)
+        if (options.Sweep.Naive)
         {
-            var last = RunPatched(session, targetTokens, sourceCache, [site]);
-            patched.Data[flat] = Metric(last, options.Metric, ans, wr);
-            options.Progress?.Invoke(++done, cells.Count);
+            int done = 0;
+            for (int i = 0; i < cells.Count; i++)
+            {
+                var (flat, site) = cells[i];
+                if (options.Journal != null && options.Journal.TryGet(i, out double known)) patched.Data[flat] = known;
+                else
+                {
+                    var last = RunPatched(session, targetTokens, sourceCache, [site]);
+                    patched.Data[flat] = Metric(last, options.Metric, ans, wr);
+                    options.Journal?.Record(i, patched.Data[flat]);
+                }
+                options.Progress?.Invoke(++done, cells.Count);
+            }
         }
+        else
+            RunFast(session, targetBase!, sourceCache, cells, options, v => Metric(v, options.Metric, ans, wr), patched);
         double denom = cleanMetric - corruptMetric;
         var normalized = patched.Map(v => (v - corruptMetric) / denom);
         var values = options.Metric == PatchMetric.Normalized ? normalized : patched;

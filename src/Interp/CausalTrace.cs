@@ -1,4 +1,5 @@
 using System.Globalization;
+using Engine.Interp.Sweeps;
 using Engine.Loader;
 using Engine.Runtime;
 
@@ -100,6 +101,14 @@ public sealed record TraceOptions
     public bool Attn { get; init; } = true;
     /// <summary>Called after each forward run with (done, total).</summary>
     public Action<int, int>? Progress { get; init; }
+    /// <summary>
+    /// How the runs go: by default each corrupted sample is captured once and every restoration reruns only the layers
+    /// from the (first) restored one and the positions from the restored one, many per batched pass, one sample at a
+    /// time; <see cref="SweepOptions.Naive"/> = one full forward pass per run (the definition).
+    /// </summary>
+    public SweepOptions Sweep { get; init; } = SweepOptions.Default;
+    /// <summary>Finished forward runs (numbered in the method's run order), for a sweep that resumes after an interruption.</summary>
+    public ICellJournal? Journal { get; init; }
 }
 
 /// <summary>Result of <see cref="CausalTrace.Run"/>. Grids are [n_layers][T] of mean restored probabilities (null when not traced).</summary>
@@ -158,7 +167,19 @@ public static class CausalTrace
 
         int runsPerSample = 1 + kinds.Count(k => k.On) * L * T;
         int total = runsPerSample * S, done = 0;
+        if (!options.Sweep.Naive) return RunFast();
+
+        long calls = 0;
         double Prob(int s, List<(HookKind, int, HookFn)> restore)
+        {
+            long key = calls++;
+            if (options.Journal != null && options.Journal.TryGet(key, out double known)) { options.Progress?.Invoke(++done, total); return known; }
+            double p = ProbOf(s, restore);
+            options.Journal?.Record(key, p);
+            return p;
+        }
+
+        double ProbOf(int s, List<(HookKind, int, HookFn)> restore)
         {
             var hooks = new List<(HookKind, int, HookFn)> { (HookKind.Embed, -1, NoiseHook(noise, s, subjectPositions)) };
             hooks.AddRange(restore);
@@ -199,6 +220,86 @@ public static class CausalTrace
         var mlp = Trace(HookKind.MlpOut, options.Mlp, true);
         var attn = Trace(HookKind.AttnOut, options.Attn, true);
         return new TraceResult(tokens, subjectPositions, tgt, options.Window, noise, cleanProb, corrupt, resid, mlp, attn);
+
+        // One corrupted sample at a time (its base: the noisy run's states; memory = one base): every restoration of the
+        // sample starts at its first restored layer and at the restored position. Sums over the samples are taken in
+        // sample order per cell, as the definition's loop does.
+        TraceResult RunFast()
+        {
+            var traced = kinds.Where(k => k.On).Select(k => k.Kind).ToArray();
+            var sums = traced.Select(_ => new double[L * T]).ToArray();
+            // The restorations (kind, layer, position): sites and hooks, fixed over the samples.
+            var plan = new List<(int Kind, int Flat, PatchSite[] Sites, (HookKind Kind, int Layer, SitePatch Patch, float[] Src)[] Hooks)>();
+            for (int k = 0; k < traced.Length; k++)
+            {
+                var kind = traced[k];
+                bool windowed = kind != HookKind.ResidPost;
+                for (int l = 0; l < L; l++)
+                {
+                    var (a, b) = windowed ? WindowOf(l, options.Window, L) : (l, l + 1);
+                    for (int t = 0; t < T; t++)
+                    {
+                        var sites = new PatchSite[b - a];
+                        var hooks = new (HookKind, int, SitePatch, float[])[b - a];
+                        for (int ll = a; ll < b; ll++)
+                        {
+                            var at = SweepCell.Lift(c, new PatchSite(kind, ll, t));
+                            sites[ll - a] = at;
+                            hooks[ll - a] = (at.Kind, at.Layer, new SitePatch(new Site(kind, ll, Position: t), HookPoints.Shape(c, kind, T, T)), clean[HookPoints.Name(kind, ll)].Data);
+                        }
+                        plan.Add((k, l * T + t, sites, hooks));
+                    }
+                }
+            }
+            double corruptSum = 0;
+            var journal = options.Journal;
+            long stride = plan.Count + 1;   // journal numbering: sample s's cells s·stride + i, its corrupted run s·stride + plan.Count
+            for (int s = 0; s < S; s++)
+            {
+                long first = s * stride;
+                if (journal != null && journal.TryGet(first + plan.Count, out double knownCorrupt)
+                    && Enumerable.Range(0, plan.Count).All(i => journal.Has(first + i)))
+                {
+                    // a sample finished before the interruption: its values, added in the same order
+                    corruptSum += knownCorrupt;
+                    for (int i = 0; i < plan.Count; i++) { journal.TryGet(first + i, out double v); sums[plan[i].Kind][plan[i].Flat] += v; }
+                    done += plan.Count + 1;
+                    options.Progress?.Invoke(done, total);
+                    continue;
+                }
+                SweepBase sample;
+                using (session.Hooks.Add(HookKind.Embed, -1, NoiseHook(noise, s, subjectPositions)))
+                    sample = session.CaptureBase(tokens);
+                using (sample)
+                {
+                    double corruptProb = InterpMath.Prob(sample.LastLogits, tgt);
+                    corruptSum += corruptProb;
+                    if (journal != null && !journal.Has(first + plan.Count)) journal.Record(first + plan.Count, corruptProb);
+                    options.Progress?.Invoke(++done, total);
+                    var cells = new List<SweepCell>(plan.Count);
+                    foreach (var (_, _, sites, hooks) in plan)
+                        cells.Add(SweepCell.Create(c, sample, sites.Select((site, i) => new SweepPatch(site, hooks[i].Patch.CopyHook(hooks[i].Kind, hooks[i].Layer, hooks[i].Src))).ToArray()));
+                    var probs = new double[plan.Count];
+                    for (int i = 0; i < plan.Count; i++)
+                        if (journal != null && journal.TryGet(first + i, out double v)) { probs[i] = v; done++; }
+                    SweepRunner.Run(session, cells, options.Sweep.Resuming(journal, first), (i, last) =>
+                    {
+                        probs[i] = InterpMath.Prob(last, tgt);
+                        if (journal != null && journal.Has(first + i)) return;
+                        journal?.Record(first + i, probs[i]);
+                        options.Progress?.Invoke(++done, total);
+                    });
+                    for (int i = 0; i < plan.Count; i++) sums[plan[i].Kind][plan[i].Flat] += probs[i];
+                }
+            }
+            Grid? Result(HookKind kind)
+            {
+                int k = Array.IndexOf(traced, kind);
+                return k < 0 ? null : new Grid([L, T], sums[k].Select(v => v / S).ToArray());
+            }
+            return new TraceResult(tokens, subjectPositions, tgt, options.Window, noise, cleanProb, corruptSum / S,
+                Result(HookKind.ResidPost), Result(HookKind.MlpOut), Result(HookKind.AttnOut));
+        }
     }
 
     /// <summary>Adds noise[s][i] to hook_embed row subjectPositions[i].</summary>

@@ -1,3 +1,4 @@
+using Engine.Interp.Sweeps;
 using Engine.Loader;
 using Engine.Runtime;
 
@@ -40,6 +41,13 @@ public sealed record AblationOptions
     public int Top { get; init; } = 20;
     /// <summary>Called after each ablation run with (done, total).</summary>
     public Action<int, int>? Progress { get; init; }
+    /// <summary>
+    /// How the runs go: by default from the prompt run's cached state at the first ablated layer, many runs per batched
+    /// pass; <see cref="SweepOptions.Naive"/> = one full forward pass per run (the definition).
+    /// </summary>
+    public SweepOptions Sweep { get; init; } = SweepOptions.Default;
+    /// <summary>Finished runs (run r, source k: r × sources + k), for a sweep that resumes after an interruption.</summary>
+    public ICellJournal? Journal { get; init; }
 }
 
 /// <summary>
@@ -98,7 +106,9 @@ public static class HeadAblation
         if (options.Metric == OutputMetric.LogitDiff && options.Wrong == null) throw new UsageException("--wrong: the logit_diff metric needs a wrong token");
         if (options.Wrong is int w0) InterpMath.CheckToken(c, w0, "--wrong");
 
-        var baseLast = InterpMath.LastRow(session.Run(tokens), c.VocabSize).ToArray();
+        // The fast path keeps the prompt run's states: every ablation starts from them at its first ablated layer.
+        using var promptBase = options.Sweep.Naive ? null : session.CaptureBase(tokens);
+        var baseLast = promptBase?.LastLogits ?? InterpMath.LastRow(session.Run(tokens), c.VocabSize).ToArray();
         int T = tokens.Length;
         int tgt = target ?? Session.ArgMax(baseLast);
         var metric = new MetricSpec(options.Metric, tgt, options.Wrong ?? -1);
@@ -169,24 +179,49 @@ public static class HeadAblation
         Grid? delta = null;
         if (!options.Together && heads.Count > 0) delta = new Grid(L, H).Fill(double.NaN);
         int done = 0, total = runs.Count * Math.Max(1, sources.Count);
+        // fast: the metric of every (run, source) computed up front, then the entries in run order as below
+        double[]? fast = promptBase == null ? null : RunFast(session, promptBase, runs, sources, zMean, postMean, options, metric, () => options.Progress?.Invoke(++done, total));
+        int runIndex = 0;
         foreach (var (label, hs, ns) in runs)
         {
             double logit;
-            if (options.Mode == AblationMode.Resample)
+            if (fast != null)
+            {
+                if (options.Mode == AblationMode.Resample)
+                {
+                    double sum = 0;
+                    for (int k = 0; k < sources.Count; k++) sum += fast[runIndex * sources.Count + k];
+                    logit = sum / sources.Count;
+                }
+                else logit = fast[runIndex];
+            }
+            else if (options.Mode == AblationMode.Resample)
             {
                 double sum = 0;
-                foreach (var (zs, ps) in sources)
+                for (int k = 0; k < sources.Count; k++)
                 {
-                    sum += metric.Of(InterpMath.RunLast(session, tokens, ResampleHooks(hs, ns, zs, ps, d)));
+                    var (zs, ps) = sources[k];
+                    long key = (long)runIndex * sources.Count + k;
+                    if (options.Journal == null || !options.Journal.TryGet(key, out double m))
+                    {
+                        m = metric.Of(InterpMath.RunLast(session, tokens, ResampleHooks(hs, ns, zs, ps, d)));
+                        options.Journal?.Record(key, m);
+                    }
+                    sum += m;
                     options.Progress?.Invoke(++done, total);
                 }
                 logit = sum / sources.Count;
             }
             else
             {
-                logit = metric.Of(InterpMath.RunLast(session, tokens, Hooks(hs, ns, zMean, postMean, d)));
+                if (options.Journal == null || !options.Journal.TryGet(runIndex, out logit))
+                {
+                    logit = metric.Of(InterpMath.RunLast(session, tokens, Hooks(hs, ns, zMean, postMean, d)));
+                    options.Journal?.Record(runIndex, logit);
+                }
                 options.Progress?.Invoke(++done, total);
             }
+            runIndex++;
             entries.Add(new AblationEntry(label, hs, ns, logit, logit - baseLogit));
             if (delta != null && hs.Length == 1 && ns.Length == 0) delta[hs[0].Layer, hs[0].Head] = logit - baseLogit;
         }
@@ -195,6 +230,57 @@ public static class HeadAblation
         {
             Metric = metric, Ranked = ranked, ResamplePrompts = options.Mode == AblationMode.Resample ? options.ResamplePrompts : null,
         };
+    }
+
+    /// <summary>
+    /// The ablation runs as a sweep from the prompt run's cached states (each run starts at its first ablated layer, all
+    /// positions): the metric of each run (resample: of each (run, source) pair, source-minor), in run order.
+    /// </summary>
+    static double[] RunFast(Session session, SweepBase @base, List<(string Label, HeadRef[] Heads, NeuronRef[] Neurons)> runs,
+        List<(float[][] Z, float[][] Post)> sources, float[][]? zMean, float[][]? postMean, AblationOptions options, MetricSpec metric, Action progress)
+    {
+        var c = session.Config;
+        int T = @base.Length;
+        var zShape = HookPoints.Shape(c, HookKind.Z, T, T);
+        var postShape = HookPoints.Shape(c, HookKind.MlpPost, T, T);
+        bool resample = options.Mode == AblationMode.Resample;
+        int perRun = resample ? sources.Count : 1;
+        var cells = new List<SweepCell>(runs.Count * perRun);
+        foreach (var (_, hs, ns) in runs)
+            for (int k = 0; k < perRun; k++)
+            {
+                var patches = new List<SweepPatch>();
+                foreach (var h in hs)
+                {
+                    var patch = new SitePatch(new Site(HookKind.Z, h.Layer, Head: h.Head), zShape);
+                    HookFn fn = resample ? Copy(patch, sources[k].Z[h.Layer])
+                        : zMean?[h.Layer] is float[] mean ? tap => patch.SetPerHead(tap, mean)
+                        : tap => patch.Fill(tap, 0f);
+                    patches.Add(new SweepPatch(new PatchSite(HookKind.Z, h.Layer, null), new LaneHook(HookKind.Z, h.Layer, fn)));
+                }
+                foreach (var n in ns)
+                {
+                    var patch = new SitePatch(new Site(HookKind.MlpPost, n.Layer, Index: n.Index), postShape);
+                    float value = postMean?[n.Layer] is float[] mean ? mean[n.Index] : 0f;
+                    HookFn fn = resample ? Copy(patch, sources[k].Post[n.Layer]) : tap => patch.Fill(tap, value);
+                    patches.Add(new SweepPatch(new PatchSite(HookKind.MlpPost, n.Layer, null), new LaneHook(HookKind.MlpPost, n.Layer, fn)));
+                }
+                cells.Add(SweepCell.Create(c, @base, patches));
+            }
+        var values = new double[cells.Count];
+        var journal = options.Journal;
+        for (int i = 0; i < cells.Count; i++)
+            if (journal != null && journal.TryGet(i, out double v)) { values[i] = v; progress(); }
+        SweepRunner.Run(session, cells, options.Sweep.Resuming(journal), (i, last) =>
+        {
+            values[i] = metric.Of(last);
+            if (journal != null && journal.Has(i)) return;
+            journal?.Record(i, values[i]);
+            progress();
+        });
+        return values;
+
+        static HookFn Copy(SitePatch patch, float[] full) => tap => patch.CopyInto(tap, full);
     }
 
     /// <summary>Every neuron of the given layers (a neuron sweep).</summary>

@@ -21,6 +21,8 @@ public sealed record NoiseOptions
     /// <summary>Positions that receive noise (null = every position); in sweeps, the positions of every component.</summary>
     public IReadOnlyCollection<int>? Positions { get; init; }
     public Action<int, int>? Progress { get; init; }
+    /// <summary>Finished runs (component c, sample s: c × samples + s), for a sweep that resumes after an interruption.</summary>
+    public Engine.Interp.Sweeps.ICellJournal? Journal { get; init; }
 }
 
 /// <summary>The metric under noise on one component: σ used, the per-sample metrics and their summary.</summary>
@@ -86,8 +88,9 @@ public static class NoiseMaking
         var stats = new List<NoiseStats>();
         int total = components.Count * options.Samples, done = 0;
         var tapStd = new Dictionary<string, double>();
-        foreach (var comp in components)
+        for (int ci = 0; ci < components.Count; ci++)
         {
+            var comp = components[ci];
             var t = cache[comp.HookName];
             double std = options.StdOver == StdScope.Tap
                 ? (tapStd.TryGetValue(comp.HookName, out var ts) ? ts : tapStd[comp.HookName] = Std(t.Data))
@@ -102,6 +105,13 @@ public static class NoiseMaking
             var samples = new double[options.Samples];
             for (int s = 0; s < options.Samples; s++)
             {
+                long key = (long)ci * options.Samples + s;
+                if (options.Journal != null && options.Journal.TryGet(key, out double known))
+                {
+                    samples[s] = known;
+                    options.Progress?.Invoke(++done, total);
+                    continue;
+                }
                 int sample = s;
                 var last = InterpMath.RunLast(session, tokens, [(comp.Kind, comp.Layer, tap =>
                 {
@@ -113,6 +123,7 @@ public static class NoiseMaking
                     }
                 })]);
                 samples[s] = metric.Of(last);
+                options.Journal?.Record(key, samples[s]);
                 options.Progress?.Invoke(++done, total);
             }
             double mean = samples.Average();

@@ -71,11 +71,13 @@ public static class ScalarMath
             }
             return sum * 1.1283791670955126;      // 2 / sqrt(pi)
         }
-        if (ax > 27) return Math.Sign(x);
+        // (x < 0 ? -1 : 1), not Math.Sign: x is not 0 or NaN here, and Math.Sign's NaN throw does not compile in ILGPU kernels.
+        double sign = x < 0 ? -1.0 : 1.0;
+        if (ax > 27) return sign;
         // erfc(x) = exp(-x^2)/sqrt(pi) * 1/(x + (1/2)/(x + 1/(x + (3/2)/(x + 2/(x + ...)))))
         double f = ax;
         for (int n = 80; n >= 1; n--) f = ax + (n * 0.5) / f;
         double erfc = Math.Exp(-ax * ax) / 1.7724538509055159 / f;
-        return Math.Sign(x) * (1.0 - erfc);
+        return sign * (1.0 - erfc);
     }
 }

@@ -115,19 +115,40 @@ public sealed record ModelConfig
         return cfg;
     }
 
+    /// <summary>Most layers a configuration may declare (the deepest released models have under 200).</summary>
+    public const int MaxLayers = 4096;
+
+    /// <summary>The key of config.json that holds a dimension in this family (GPT-2 and GPT-NeoX name some differently).</summary>
+    string KeyOf(string key) => (ModelType, key) switch
+    {
+        ("gpt2", "num_hidden_layers") => "n_layer",
+        ("gpt2", "hidden_size") => "n_embd",
+        ("gpt2", "num_attention_heads" or "num_key_value_heads" or "head_dim") => "n_head",
+        ("gpt2", "intermediate_size") => "n_inner",
+        ("gpt2", "max_position_embeddings") => "n_positions",
+        ("gpt2", "eps") => "layer_norm_epsilon",
+        ("gpt_neox", "eps") => "layer_norm_eps",
+        ("gpt_neox", "num_key_value_heads" or "head_dim") => "num_attention_heads",
+        (_, "eps") => "rms_norm_eps",
+        ("gpt_neox", "rotary") => "rotary_pct",
+        (_, "rotary") => "head_dim",
+        _ => key,
+    };
+
     void Validate(ConfigReader c)
     {
-        void Positive(string key, int v) { if (v <= 0) throw c.Error(key, $"must be positive (got {v})"); }
+        void Positive(string key, int v) { if (v <= 0) throw c.Error(KeyOf(key), $"must be positive (got {v})"); }
         Positive("num_hidden_layers", NLayers); Positive("hidden_size", DModel); Positive("num_attention_heads", NHeads);
         Positive("num_key_value_heads", NKvHeads); Positive("head_dim", HeadDim); Positive("intermediate_size", DMlp);
         Positive("vocab_size", VocabSize); Positive("max_position_embeddings", ContextLength);
+        if (NLayers > MaxLayers) throw c.Error(KeyOf("num_hidden_layers"), $"{NLayers} layers is more than the supported {MaxLayers}");
         if (NHeads % NKvHeads != 0) throw c.Error("num_key_value_heads", $"{NKvHeads} does not divide num_attention_heads {NHeads}");
         if (Positions == PositionKind.Rotary && (RotaryDim <= 0 || RotaryDim % 2 != 0 || RotaryDim > HeadDim))
-            throw c.Error("rotary_pct", $"rotary dimension {RotaryDim} must be even and in (0, head_dim={HeadDim}]");
-        if (!(NormEps > 0) || float.IsInfinity(NormEps)) throw c.Error("eps", $"norm epsilon must be positive (got {NormEps})");
+            throw c.Error(KeyOf("rotary"), $"rotary dimension {RotaryDim} must be even and in (0, head_dim={HeadDim}]");
+        if (!(NormEps > 0) || float.IsInfinity(NormEps)) throw c.Error(KeyOf("eps"), $"norm epsilon must be positive (got {NormEps})");
         // Refuse sizes whose activation buffers could not be indexed with 32-bit spans.
         long widest = Math.Max(Math.Max((long)DModel, DMlp), Math.Max((long)QDim + 2L * KvDim, VocabSize));
-        if (widest * 16 > int.MaxValue || (long)NLayers * DModel > int.MaxValue) throw c.Error("hidden_size", "model dimensions are too large");
+        if (widest * 16 > int.MaxValue || (long)NLayers * DModel > int.MaxValue) throw c.Error(KeyOf("hidden_size"), "model dimensions are too large");
     }
 
     static ModelConfig Gpt2(ConfigReader c)
@@ -142,7 +163,7 @@ public sealed record ModelConfig
             ModelType = "gpt2",
             NLayers = c.Int("n_layer") ?? throw c.Error("n_layer", "missing"),
             DModel = d, NHeads = h, NKvHeads = h, HeadDim = headDim,
-            DMlp = c.Int("n_inner") ?? 4 * d,
+            DMlp = c.Int("n_inner") ?? (int)Math.Min(4L * d, int.MaxValue),
             VocabSize = c.Int("vocab_size") ?? 50257,
             ContextLength = c.Int("n_positions") ?? c.Int("n_ctx") ?? 1024,
             Norm = NormKind.LayerNorm,
@@ -229,7 +250,7 @@ public sealed record ModelConfig
             ModelType = "gpt_neox",
             NLayers = c.Int("num_hidden_layers") ?? throw c.Error("num_hidden_layers", "missing"),
             DModel = d, NHeads = h, NKvHeads = h, HeadDim = headDim,
-            DMlp = c.Int("intermediate_size") ?? 4 * d,
+            DMlp = c.Int("intermediate_size") ?? (int)Math.Min(4L * d, int.MaxValue),
             VocabSize = c.Int("vocab_size") ?? throw c.Error("vocab_size", "missing"),
             ContextLength = c.Int("max_position_embeddings") ?? 2048,
             Norm = NormKind.LayerNorm,

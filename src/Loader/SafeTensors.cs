@@ -128,9 +128,14 @@ public sealed unsafe class SafeTensorFile : IDisposable
     public static SafeTensorFile Open(string path)
     {
         FileInfo fi;
-        try { fi = new FileInfo(path); }
-        catch (Exception e) when (e is ArgumentException or NotSupportedException or PathTooLongException)
-        { throw new ModelFormatException($"{path}: invalid path ({e.Message})"); }
+        try
+        {
+            fi = new FileInfo(path);
+            // Hugging Face cache snapshots are symbolic links to blobs: the size is the target's, not the link's.
+            if (fi.Exists && fi.LinkTarget != null && fi.ResolveLinkTarget(returnFinalTarget: true) is FileInfo target) fi = target;
+        }
+        catch (Exception e) when (e is ArgumentException or NotSupportedException or PathTooLongException or IOException or UnauthorizedAccessException)
+        { throw new ModelFormatException($"{path}: invalid path or link ({e.Message})"); }
         if (!fi.Exists) throw new ModelFormatException($"{path}: file not found");
         long length = fi.Length;
         if (length < 8) throw new ModelFormatException($"{path}: truncated safetensors file ({length} bytes, the 8-byte header length is missing)");

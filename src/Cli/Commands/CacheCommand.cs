@@ -11,7 +11,7 @@ public static class CacheCommand
         [Common.ModelOption, .. Common.InputOptions,
          new("--hooks", "hook names or globs, comma-separated ('*' = every hook; e.g. 'blocks.*.hook_resid_post,hook_embed')", ValueName: "GLOB"),
          new("--out", "safetensors file to write (F32 tensors named by hook)", ValueName: "FILE"),
-         Common.ForceOption, Common.BackendOption, Common.JsonOption], Run);
+         Common.ForceOption, Common.BackendOption, Common.CheckFiniteOption, Common.JsonOption], Run);
 
     static int Run(CliArgs a)
     {
@@ -23,6 +23,7 @@ public static class CacheCommand
         if (names.Count == 0) throw new UsageException($"--hooks: '{globs}' matches no hook of this model (see engine info --model ...)");
         var tokens = Common.InputTokens(a, model);
         using var session = Common.OpenSession(a, model, tokens.Length);
+        using var watch = Common.WatchFinite(a, session);
         var (_, cache) = session.RunWithCache(tokens, filter);
         var entries = cache.Names.Select(n => SafeTensorWriter.F32(n, cache[n].Shape.Select(x => (long)x).ToArray(), cache[n].Data)).ToList();
         SafeTensorWriter.Write(outPath, entries, new Dictionary<string, string>
@@ -42,9 +43,11 @@ public static class CacheCommand
                 w.WriteStartObject("tensors");
                 foreach (var n in cache.Names) w.Ints(n, cache[n].Shape);
                 w.WriteEndObject();
+                w.CheckFiniteJson(watch);
                 w.WriteEndObject();
             });
         else a.Out.WriteLine($"{cache.Count} activations of {tokens.Length} tokens written to {outPath}");
+        watch?.ThrowIfFound();
         return 0;
     }
 }

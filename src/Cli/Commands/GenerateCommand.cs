@@ -14,7 +14,7 @@ public static class GenerateCommand
          new("--top-p", "sample among the most likely tokens reaching probability P", ValueName: "P", Default: "1"),
          new("--seed", "random seed of the sampler", ValueName: "S", Default: "1"),
          new("--no-stop", "do not stop at the end-of-sequence token", IsFlag: true),
-         Common.BackendOption, Common.JsonOption], Run);
+         Common.BackendOption, Common.CheckFiniteOption, Common.JsonOption], Run);
 
     static int Run(CliArgs a)
     {
@@ -30,6 +30,7 @@ public static class GenerateCommand
         using var model = Common.LoadModel(a);
         var tokens = Common.InputTokens(a, model);
         using var session = Common.OpenSession(a, model, Math.Min(model.Config.ContextLength, tokens.Length + maxNew), allLogits: false);
+        using var watch = Common.WatchFinite(a, session);
         var sw = System.Diagnostics.Stopwatch.StartNew();
         var output = session.Generate(tokens, maxNew, sampling);
         double seconds = sw.Elapsed.TotalSeconds;
@@ -50,14 +51,17 @@ public static class GenerateCommand
                 if (text != null) w.WriteString("text", text);
                 w.WriteString("stop_reason", output.Count == maxNew ? "max_new_tokens" : hitContext ? "context" : "eos");
                 w.WriteNumber("seconds", seconds);
+                w.CheckFiniteJson(watch);
                 w.WriteEndObject();
             });
+            watch?.ThrowIfFound();
             return 0;
         }
         if (full != null) a.Out.WriteLine(full.TrimEnd());
         a.Out.WriteLine($"tokens: {string.Join(",", output)}");
         if (hitContext) a.Out.WriteLine($"(stopped: the context of {session.Capacity} positions is full)");
         a.Err.WriteLine($"{output.Count} tokens in {seconds:F2} s");
+        watch?.ThrowIfFound();
         return 0;
     }
 }

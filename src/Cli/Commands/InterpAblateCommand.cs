@@ -35,7 +35,8 @@ public static class InterpAblateCommand
          new("--metric", "logit | logit_diff | prob | logprob (of --target at the last position)", ValueName: "M", Default: "logit"),
          new("--wrong", "logit_diff: the token subtracted", ValueName: "W"),
          new("--top", "how many ablations 'ranked' lists (by |delta|)", ValueName: "N", Default: "20"),
-         .. InterpCommands.OutputOptions], Run);
+         new("--naive", "one full forward pass per cell (the definition; slow), instead of reusing the cached states of the unpatched run", IsFlag: true),
+         .. InterpCommands.OutputOptions, .. SweepJournal.Options], Run);
 
     static int Run(CliArgs a)
     {
@@ -43,6 +44,7 @@ public static class InterpAblateCommand
         int top = a.Int("--top", 20, 1);
         var metricKind = MetricSpec.Parse(a.Require("--metric"), "--metric");
         var outs = InterpCommands.ResolveOutputs(a);
+        SweepJournal.Validate(a);
         using var model = Common.LoadModel(a);
         var tokens = Common.InputTokens(a, model);
         int? target = InterpCommands.TokenOption(a, model, "--target");
@@ -88,12 +90,16 @@ public static class InterpAblateCommand
         else if (mode == "resample") throw new UsageException("--mode resample: give the source prompt(s) with --source-tokens IDS or --source-prompt TEXT");
         int capacity = Math.Max(tokens.Length, meanPrompts?.Max(p => p.Length) ?? 0);
         using var session = InterpCommands.OpenSession(a, model, capacity);
+        using var journal = SweepJournal.Open(a, model);
         var r = HeadAblation.Run(session, tokens, target, new AblationOptions
         {
+            Journal = journal,
             Mode = mode == "mean" ? AblationMode.Mean : mode == "resample" ? AblationMode.Resample : AblationMode.Zero,
             Heads = heads, Neurons = neurons, Together = a.Flag("--together"), MeanPrompts = meanPrompts,
             ResamplePrompts = sources, Metric = metricKind, Wrong = wrong, Top = top, Progress = InterpCommands.Progress(a, "ablate"),
+            Sweep = a.Flag("--naive") ? Engine.Interp.Sweeps.SweepOptions.NaiveMode : Engine.Interp.Sweeps.SweepOptions.Default,
         });
+        journal?.Complete(a, model);
         var tok = Common.Tokenizer(model);
         var text = InterpCommands.TokenTexts(model);
         return InterpCommands.Emit(a, outs, w =>

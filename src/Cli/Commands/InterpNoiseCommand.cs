@@ -48,7 +48,7 @@ public static class InterpNoiseCommand
          new("--layers", "sweeps: only these layers (comma-separated)", ValueName: "L,..."),
          new("--top", "how many ranked components to list", ValueName: "N", Default: "20"),
          new("--cna-head", "comparative neuron analysis for head LAYER.HEAD", ValueName: "L.H"),
-         .. InterpCommands.OutputOptions], Run);
+         .. InterpCommands.OutputOptions, .. SweepJournal.Options], Run);
 
     /// <summary>Exactly one head from --head (L.H or L:H).</summary>
     internal static HeadRef OneHead(CliArgs a, string option, Engine.Loader.ModelConfig c)
@@ -91,6 +91,7 @@ public static class InterpNoiseCommand
     {
         int top = a.Int("--top", 20, 1);
         var outs = InterpCommands.ResolveOutputs(a);
+        SweepJournal.Validate(a);
         using var model = Common.LoadModel(a);
         var c = model.Config;
         var tokens = Common.InputTokens(a, model);
@@ -144,9 +145,12 @@ public static class InterpNoiseCommand
             Sigma = sigma, SigmaRel = sigmaRel, StdOver = stdOver, Samples = samples, Seed = seed, Positions = positions,
             Progress = InterpCommands.Progress(a, "noise"),
         };
+        using var journal = SweepJournal.Open(a, model);
+        options = options with { Journal = journal };
         var r = sweep is NoiseSweep sw
             ? NoiseMaking.RunSweep(session, tokens, sw, metric, options, layers)
             : NoiseMaking.Run(session, tokens, [selection], metric, options);
+        journal?.Complete(a, model);
         string sweepName = sweep?.ToString().ToLowerInvariant() ?? "none";
         bool perSample = sweep != NoiseSweep.Neurons;
         return InterpCommands.Emit(a, outs, w =>

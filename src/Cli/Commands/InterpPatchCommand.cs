@@ -35,7 +35,8 @@ public static class InterpPatchCommand
          new("--per-position", "per-head activations: one cell per (layer, position, head)", IsFlag: true),
          new("--metric", "metric: " + string.Join(" | ", Metrics), ValueName: "M", Default: "logit_diff"),
          new("--direction", "denoise (corrupted run gets clean values) | noise (clean run gets corrupted values)", ValueName: "D", Default: "denoise"),
-         .. InterpCommands.OutputOptions], Run);
+         new("--naive", "one full forward pass per cell (the definition; slow), instead of reusing the cached states of the unpatched run", IsFlag: true),
+         .. InterpCommands.OutputOptions, .. SweepJournal.Options], Run);
 
     static int Run(CliArgs a)
     {
@@ -49,10 +50,12 @@ public static class InterpPatchCommand
             Direction = direction == "noise" ? PatchDirection.Noise : PatchDirection.Denoise,
             PerPosition = a.Flag("--per-position"),
             Progress = InterpCommands.Progress(a, "patch"),
+            Sweep = a.Flag("--naive") ? Engine.Interp.Sweeps.SweepOptions.NaiveMode : Engine.Interp.Sweeps.SweepOptions.Default,
         };
         if (options.PerPosition && !ActivationPatching.IsPerHead(options.Activation))
             throw new UsageException($"--per-position: only for per-head activations (z, q, k, v, pattern); {act} is always patched per (layer, position)");
         var outs = InterpCommands.ResolveOutputs(a);
+        SweepJournal.Validate(a);
         using var model = Common.LoadModel(a);
         ActivationPatching.CheckExists(model.Config, options.Activation);
         var clean = Common.InputTokens(a, model, "--clean-prompt", "--clean-tokens");
@@ -62,7 +65,9 @@ public static class InterpPatchCommand
         int? answer = InterpCommands.TokenOption(a, model, "--answer");
         int? wrong = InterpCommands.TokenOption(a, model, "--wrong");
         using var session = InterpCommands.OpenSession(a, model, clean.Length);
-        var r = ActivationPatching.Run(session, clean, corrupt, answer, wrong, options);
+        using var journal = SweepJournal.Open(a, model);
+        var r = ActivationPatching.Run(session, clean, corrupt, answer, wrong, options with { Journal = journal });
+        journal?.Complete(a, model);
         var tok = Common.Tokenizer(model);
         var text = InterpCommands.TokenTexts(model);
         string baseMetric = options.Metric == PatchMetric.Normalized ? "logit_diff" : metric;

@@ -33,7 +33,8 @@ public static class InterpTraceCommand
          new("--noise-std-from", "generated noise: std of the subject tokens' embeddings | of the whole embedding matrix", ValueName: "subject|embeddings", Default: "subject"),
          new("--window", "window W of the mlp/attn traces", ValueName: "W", Default: "10"),
          new("--kinds", "which traces: any of resid,mlp,attn", ValueName: "K", Default: "resid,mlp,attn"),
-         .. InterpCommands.OutputOptions], Run);
+         new("--naive", "one full forward pass per cell (the definition; slow), instead of reusing the cached states of the unpatched run", IsFlag: true),
+         .. InterpCommands.OutputOptions, .. SweepJournal.Options], Run);
 
     static int Run(CliArgs a)
     {
@@ -55,6 +56,7 @@ public static class InterpTraceCommand
         double? std = a.Has("--noise-std") ? a.Double("--noise-std") : null;
         if (std is < 0) throw new UsageException("--noise-std: must not be negative");
         var outs = InterpCommands.ResolveOutputs(a);
+        SweepJournal.Validate(a);
 
         using var model = Common.LoadModel(a);
         var tokens = Common.InputTokens(a, model);
@@ -74,11 +76,15 @@ public static class InterpTraceCommand
         noise ??= TraceNoise.Generate(model, subject.Length, stdFrom == "subject" ? subject.Select(p => tokens[p]).ToArray() : null, samples, scale, seed, std);
 
         using var session = InterpCommands.OpenSession(a, model, tokens.Length);
+        using var journal = SweepJournal.Open(a, model);
         var r = CausalTrace.Run(session, tokens, subject, noise, target, new TraceOptions
         {
+            Journal = journal,
             Window = window, Resid = kinds.Contains("resid"), Mlp = kinds.Contains("mlp"), Attn = kinds.Contains("attn"),
             Progress = InterpCommands.Progress(a, "trace"),
+            Sweep = a.Flag("--naive") ? Engine.Interp.Sweeps.SweepOptions.NaiveMode : Engine.Interp.Sweeps.SweepOptions.Default,
         });
+        journal?.Complete(a, model);
         var tk = Common.Tokenizer(model);
         var text = InterpCommands.TokenTexts(model);
         return InterpCommands.Emit(a, outs, w =>

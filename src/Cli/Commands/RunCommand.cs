@@ -11,7 +11,7 @@ public static class RunCommand
         [Common.ModelOption, .. Common.InputOptions,
          new("--top", "how many predictions to show", ValueName: "K", Default: "10"),
          new("--save-logits", "write tensor 'logits' [T, V] F32 to this safetensors file", ValueName: "FILE"),
-         Common.ForceOption, Common.BackendOption, Common.JsonOption], Run);
+         Common.ForceOption, Common.BackendOption, Common.CheckFiniteOption, Common.JsonOption], Run);
 
     static int Run(CliArgs a)
     {
@@ -20,6 +20,7 @@ public static class RunCommand
         using var model = Common.LoadModel(a);
         var tokens = Common.InputTokens(a, model);
         using var session = Common.OpenSession(a, model, tokens.Length);
+        using var watch = Common.WatchFinite(a, session);
         var logits = session.Run(tokens);
         int V = model.Config.VocabSize, T = tokens.Length;
         var last = logits.Slice((T - 1) * V, V);
@@ -58,8 +59,10 @@ public static class RunCommand
                 }
                 w.WriteEndArray();
                 if (savePath != null) w.WriteString("saved_logits", savePath);
+                w.CheckFiniteJson(watch);
                 w.WriteEndObject();
             });
+            watch?.ThrowIfFound();
             return 0;
         }
         a.Out.WriteLine($"{T} tokens: {string.Join(" ", tokens)}");
@@ -67,6 +70,7 @@ public static class RunCommand
         foreach (var id in ids)
             a.Out.WriteLine($"  {id,7}  {probs[id],8:P2}  logit {last[id],9:F4}  {Quote(Common.TokenText(tok, id))}");
         if (savePath != null) a.Out.WriteLine($"logits [{T}, {V}] written to {savePath}");
+        watch?.ThrowIfFound();
         return 0;
     }
 

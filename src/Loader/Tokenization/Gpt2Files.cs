@@ -15,11 +15,11 @@ internal static class Gpt2Files
         }
         if (vocab.Count == 0) throw new ModelFormatException($"{vocabPath}: empty vocabulary");
 
-        string[] lines;
-        try { lines = File.ReadAllLines(mergesPath); }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException) { throw new ModelFormatException($"{mergesPath}: cannot read ({e.Message})"); }
-        var merges = new List<string>(lines.Length);
-        for (int i = 0; i < lines.Length; i++)
+        var lines = new List<string>();
+        using (var reader = new StringReader(System.Text.Encoding.UTF8.GetString(TokenizerLimits.ReadFile(mergesPath)).TrimStart('\uFEFF')))
+            for (string? line = reader.ReadLine(); line != null; line = reader.ReadLine()) lines.Add(line);
+        var merges = new List<string>(lines.Count);
+        for (int i = 0; i < lines.Count; i++)
         {
             string line = lines[i];
             if (line.Length == 0 || (i == 0 && line.StartsWith("#version", StringComparison.Ordinal))) continue;
@@ -35,7 +35,7 @@ internal static class Gpt2Files
         var added = new List<AddedToken>(extraAdded);
         if (vocab.TryGetValue("<|endoftext|>", out int eot) && !added.Any(t => t.Content == "<|endoftext|>"))
             added.Add(new AddedToken("<|endoftext|>", eot, true));
-        var regex = new Regex(qwen2 ? ByteLevelBpe.Qwen2Pattern : ByteLevelBpe.Gpt2Pattern, RegexOptions.CultureInvariant | RegexOptions.Compiled);
+        var regex = TokenizerLimits.Pattern(qwen2 ? ByteLevelBpe.Qwen2Pattern : ByteLevelBpe.Gpt2Pattern);
         return ByteLevelBpe.Create(vocabPath, vocab, merges, added, [regex], ignoreMerges: false, nfc: qwen2);
     }
 

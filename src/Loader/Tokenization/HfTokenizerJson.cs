@@ -208,7 +208,7 @@ internal static class HfTokenizerJson
     {
         // Hugging Face compiles these with Oniguruma; the patterns in use (GPT-2, Llama-3, Qwen2: \p{L}, \p{N}, (?i:...),
         // lookahead) mean the same in .NET.
-        try { return new Regex(pattern, RegexOptions.CultureInvariant | RegexOptions.Compiled); }
+        try { return TokenizerLimits.Pattern(pattern); }
         catch (ArgumentException e) { throw where.Error($"regex cannot be used in .NET ({ByteLevelBpe.OneLine(e.Message)})"); }
     }
 

@@ -17,9 +17,8 @@ internal readonly struct JsonNode(string file, JsonElement element, string path)
     /// <summary>Reads and parses a JSON file; its root must be an object.</summary>
     public static JsonDocument ParseFile(string file)
     {
-        byte[] bytes;
-        try { bytes = System.IO.File.ReadAllBytes(file); }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException) { throw new ModelFormatException($"{file}: cannot read ({e.Message})"); }
+        byte[] bytes = TokenizerLimits.ReadFile(file);
+        if (!System.Text.Unicode.Utf8.IsValid(bytes)) throw new ModelFormatException($"{file}: not valid UTF-8 JSON");
         JsonDocument doc;
         try { doc = JsonDocument.Parse(bytes, new JsonDocumentOptions { MaxDepth = 256, AllowTrailingCommas = true, CommentHandling = JsonCommentHandling.Skip }); }
         catch (JsonException e) { throw new ModelFormatException($"{file}: not valid JSON ({ByteLevelBpe.OneLine(e.Message)})"); }

@@ -29,10 +29,11 @@ public sealed class ModelTokenizer
     {
         this.core = core;
         Kind = kind;
-        BosId = bos;
-        EosId = eos;
-        AddBosByDefault = addBos && bos != null;
         VocabSize = Math.Max(vocabSize, core.Size);
+        // A BOS/EOS id outside the vocabulary (a broken config.json or tokenizer file) is not usable: treated as absent.
+        BosId = (uint?)bos < (uint)VocabSize ? bos : null;
+        EosId = (uint?)eos < (uint)VocabSize ? eos : null;
+        AddBosByDefault = addBos && BosId != null;
     }
 
     /// <summary>Token ids of <paramref name="text"/>; BOS is prepended when <paramref name="addBos"/> (null: the model's default).</summary>
@@ -46,7 +47,11 @@ public sealed class ModelTokenizer
             if (BosId is not int b) throw new UsageException($"tokenizer ({Kind}): a BOS token was asked for, but the model has none");
             ids.Add(b);
         }
-        core.Encode(text, ids);
+        try { core.Encode(text, ids); }
+        catch (System.Text.RegularExpressions.RegexMatchTimeoutException)
+        {
+            throw new ModelFormatException($"tokenizer ({Kind}): a pre-tokenizer regex ran longer than {TokenizerLimits.RegexTimeout.TotalSeconds:F0} s on this text (a pattern with catastrophic backtracking?)");
+        }
         return ids.ToArray();
     }
 

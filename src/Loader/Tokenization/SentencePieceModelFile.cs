@@ -38,10 +38,7 @@ internal sealed class SentencePieceModelFile
 
     public static SentencePieceModelFile Read(string path)
     {
-        byte[] data;
-        try { data = File.ReadAllBytes(path); }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException) { throw new ModelFormatException($"{path}: cannot read ({e.Message})"); }
-        return Parse(data, path);
+        return Parse(TokenizerLimits.ReadFile(path), path);
     }
 
     public static SentencePieceModelFile Parse(byte[] data, string path)

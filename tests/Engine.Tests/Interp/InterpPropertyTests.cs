@@ -1,4 +1,5 @@
 using Engine.Interp;
+using Engine.Interp.Sweeps;
 using Engine.Loader;
 using Engine.Runtime;
 using Engine.Tests.Support;
@@ -50,8 +51,9 @@ public class InterpPropertyTests
         using (fx) using (model) using (s)
         {
             var (clean, corrupt, a, w) = Pair(fx);
-            var de = ActivationPatching.Run(s, clean, corrupt, a, w);
-            var no = ActivationPatching.Run(s, clean, corrupt, a, w, new PatchOptions { Direction = PatchDirection.Noise });
+            // exact identities of the definition (one full pass per cell); the sweep fast path agrees within 1e-5 (Sweeps tests)
+            var de = ActivationPatching.Run(s, clean, corrupt, a, w, new PatchOptions { Sweep = SweepOptions.NaiveMode });
+            var no = ActivationPatching.Run(s, clean, corrupt, a, w, new PatchOptions { Direction = PatchDirection.Noise, Sweep = SweepOptions.NaiveMode });
             Assert.Equal(de.CleanMetric, no.CleanMetric);
             Assert.Equal(de.CorruptMetric, no.CorruptMetric);
             for (int p = 0; p < clean.Length; p++)
@@ -109,7 +111,7 @@ public class InterpPropertyTests
             Assert.Equal([c.NLayers, c.NHeads], q.Patched.Shape);
             var zp = ActivationPatching.Run(s, clean, corrupt, a, w, new PatchOptions { Activation = PatchActivation.Z, PerPosition = true });
             Assert.Equal([c.NLayers, clean.Length, c.NHeads], zp.Patched.Shape);
-            var pat = ActivationPatching.Run(s, clean, corrupt, a, w, new PatchOptions { Activation = PatchActivation.Pattern, PerPosition = true, Metric = PatchMetric.Prob });
+            var pat = ActivationPatching.Run(s, clean, corrupt, a, w, new PatchOptions { Activation = PatchActivation.Pattern, PerPosition = true, Metric = PatchMetric.Prob, Sweep = SweepOptions.NaiveMode });
             // the destination row 0 of a causal pattern is [1, 0, ...] in every run: patching it changes nothing
             for (int l = 0; l < c.NLayers; l++)
                 for (int h = 0; h < c.NHeads; h++)   // (the pattern tap switches attention to the unfused kernels, which are bit-identical)
@@ -155,17 +157,18 @@ public class InterpPropertyTests
         {
             var tokens = Fixture.Ints(fx.Interp.GetProperty("head_zero_ablation").GetProperty("tokens"));
             int target = fx.Interp.GetProperty("head_zero_ablation").GetProperty("target_token").GetInt32();
-            var all = HeadAblation.Run(s, tokens, target);
+            // exact identities of the definition (one full pass per run); the sweep fast path agrees within 1e-5 (Sweeps tests)
+            var all = HeadAblation.Run(s, tokens, target, new AblationOptions { Sweep = SweepOptions.NaiveMode });
             // one head "together" is the same run as that head alone
-            var one = HeadAblation.Run(s, tokens, target, new AblationOptions { Heads = [new HeadRef(1, 2)], Together = true });
+            var one = HeadAblation.Run(s, tokens, target, new AblationOptions { Heads = [new HeadRef(1, 2)], Together = true, Sweep = SweepOptions.NaiveMode });
             Assert.Null(one.Delta);
             Assert.Equal(all.Delta![1, 2], one.Entries.Single().Delta);
             // a subset leaves the other cells NaN
-            var some = HeadAblation.Run(s, tokens, target, new AblationOptions { Heads = [new HeadRef(0, 1)] });
+            var some = HeadAblation.Run(s, tokens, target, new AblationOptions { Heads = [new HeadRef(0, 1)], Sweep = SweepOptions.NaiveMode });
             Assert.Equal(all.Delta[0, 1], some.Delta![0, 1]);
             Assert.True(double.IsNaN(some.Delta[2, 3]));
             // mean ablation over a one-token prompt replaces z by itself: nothing changes
-            var single = HeadAblation.Run(s, [tokens[0]], null, new AblationOptions { Mode = AblationMode.Mean });
+            var single = HeadAblation.Run(s, [tokens[0]], null, new AblationOptions { Mode = AblationMode.Mean, Sweep = SweepOptions.NaiveMode });
             Assert.All(single.Entries, e => Assert.Equal(0.0, e.Delta));
             // mean over reference prompts differs from zero ablation, and neurons can be ablated
             var mean = HeadAblation.Run(s, tokens, target, new AblationOptions { Mode = AblationMode.Mean, MeanPrompts = [tokens, Fixture.Ints(fx.Interp.GetProperty("corrupt_tokens"))] });

@@ -1,4 +1,5 @@
 using Engine.Interp;
+using Engine.Interp.Sweeps;
 using Engine.Runtime;
 using Engine.Tests.Support;
 using Xunit;
@@ -201,15 +202,16 @@ public class InterventionTests
             var c = model.Config;
             var corrupt = Fixture.Ints(fx.Interp.GetProperty("corrupt_tokens"));
             // resampling from the prompt itself changes nothing
-            var self = HeadAblation.Run(s, tokens, null, new AblationOptions { Mode = AblationMode.Resample, ResamplePrompts = [tokens] });
+            // exact identities of the definition (one full pass per run); the sweep fast path agrees within 1e-5 (Sweeps tests)
+            var self = HeadAblation.Run(s, tokens, null, new AblationOptions { Mode = AblationMode.Resample, ResamplePrompts = [tokens], Sweep = SweepOptions.NaiveMode });
             Assert.All(self.Delta!.Data, v => Assert.Equal(0.0, v));
             // from the corrupted prompt: equal to patching z of that head from the corrupted run (noising)
-            var one = HeadAblation.Run(s, tokens, null, new AblationOptions { Mode = AblationMode.Resample, ResamplePrompts = [corrupt] });
+            var one = HeadAblation.Run(s, tokens, null, new AblationOptions { Mode = AblationMode.Resample, ResamplePrompts = [corrupt], Sweep = SweepOptions.NaiveMode });
             var (_, cc) = s.RunWithCache(corrupt, n => n.EndsWith("attn.hook_z"));
             var patched = ActivationPatching.RunPatched(s, tokens, cc, [new Site(HookKind.Z, 1, Head: 2)]);
             Assert.Equal(patched[one.Target] - one.Base, one.Delta![1, 2]);
             // several sources: the metric is averaged
-            var two = HeadAblation.Run(s, tokens, one.Target, new AblationOptions { Mode = AblationMode.Resample, ResamplePrompts = [tokens, corrupt] });
+            var two = HeadAblation.Run(s, tokens, one.Target, new AblationOptions { Mode = AblationMode.Resample, ResamplePrompts = [tokens, corrupt], Sweep = SweepOptions.NaiveMode });
             Assert.Equal(one.Delta.Data.Select(x => x / 2), two.Delta!.Data, (x, y) => Math.Abs(x - y) < 1e-6);
             var e = Assert.Throws<Engine.Loader.UsageException>(() => HeadAblation.Run(s, tokens, null, new AblationOptions { Mode = AblationMode.Resample, ResamplePrompts = [tokens[..^1]] }));
             Assert.Contains("--source-tokens", e.Message);

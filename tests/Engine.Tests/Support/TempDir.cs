@@ -5,9 +5,18 @@ namespace Engine.Tests.Support;
 /// <summary>A temporary folder deleted on dispose, with helpers to copy fixtures and craft (broken) files.</summary>
 public sealed class TempDir : IDisposable
 {
-    public string Path { get; } = System.IO.Path.Combine(System.IO.Path.GetTempPath(), "engine-test-" + Guid.NewGuid().ToString("N")[..12]);
+    public string Path { get; }
 
-    public TempDir() { Directory.CreateDirectory(Path); }
+    public TempDir() : this(System.IO.Path.GetTempPath()) { }
+
+    TempDir(string root)
+    {
+        Path = System.IO.Path.Combine(root, "engine-test-" + Guid.NewGuid().ToString("N")[..12]);
+        Directory.CreateDirectory(Path);
+    }
+
+    /// <summary>A temporary folder in memory (/dev/shm) where the system has one, for tests that write many small files.</summary>
+    public static TempDir InMemory() => new(Directory.Exists("/dev/shm") ? "/dev/shm" : System.IO.Path.GetTempPath());
 
     public string File(string name) => System.IO.Path.Combine(Path, name);
 

@@ -112,7 +112,7 @@ public sealed class TokenizerJsonTests(TokenizerJsonTests.Fixture fixture) : ICl
     // ---- Synthetic files (no ../shared needed) ----
 
     /// <summary>A tiny byte-level vocabulary: "hello", " world", "held" and two added special tokens.</summary>
-    static string SyntheticByteLevel(bool mergesAsPairs, string preTokenizer = ByteLevelPre, string? postProcessor = null,
+    internal static string SyntheticByteLevel(bool mergesAsPairs, string preTokenizer = ByteLevelPre, string? postProcessor = null,
         bool withHeld = false, bool ignoreMerges = false)
     {
         List<string> tokens = ["h", "e", "l", "o", "Ġ", "w", "r", "d", "he", "ll", "hell", "hello", "Ġw", "or", "Ġwor", "ld", "Ġworld"];
@@ -202,7 +202,7 @@ public sealed class TokenizerJsonTests(TokenizerJsonTests.Fixture fixture) : ICl
     }
 
     /// <summary>A Llama-2 style (SentencePiece) tokenizer.json: Prepend/Replace normalizer, byte_fallback, Strip decoder.</summary>
-    static string SyntheticSentencePieceJson(bool mergesAsPairs, bool metaspace = false)
+    internal static string SyntheticSentencePieceJson(bool mergesAsPairs, bool metaspace = false)
     {
         var vocab = new List<KeyValuePair<string, int>> { new("<unk>", 0), new("<s>", 1), new("</s>", 2) };
         for (int b = 0; b < 256; b++) vocab.Add(new($"<0x{b:X2}>", 3 + b));

@@ -1,0 +1,73 @@
+namespace Engine.Kernels.Ilgpu;
+
+/// <summary>What an intervention does to the selected cells of a tap.</summary>
+public enum InterventionOp
+{
+    /// <summary>x = values (patching: values from another run, or a fixed vector broadcast over rows).</summary>
+    Set,
+    /// <summary>x += Alpha * values (steering / activation addition).</summary>
+    Add,
+    /// <summary>x *= Alpha (scaling a head or a neuron; Alpha = 0 keeps NaN*0 = NaN, unlike Zero).</summary>
+    Scale,
+    /// <summary>x = 0 (zero ablation).</summary>
+    Zero,
+}
+
+/// <summary>
+/// A hook that runs on the device: the edits interpretability methods make (patch, ablate, scale, add) on a block of a
+/// tap viewed as [rows, cols]: rows RowStart .. RowStart + RowCount - 1 and columns ColStart .. ColStart + ColCount - 1.
+/// For a [T, D] tap rows are positions of the current call; for [T, H, d] taps (q/k/v/z) cols = H * d and a head is the
+/// column block h*d .. h*d + d - 1; for [H, T, Tk] (scores/pattern) rows = H * T. Values is [RowCount, ColCount], or
+/// [ColCount] broadcast to every row. <see cref="ApplyHost"/> is the definition; the ILGPU kernel must match it exactly.
+/// </summary>
+public sealed record DeviceIntervention(InterventionOp Op, int RowStart, int RowCount, int ColStart, int ColCount, float[]? Values = null, float Alpha = 1f)
+{
+    public static DeviceIntervention ZeroColumns(int rows, int colStart, int colCount) => new(InterventionOp.Zero, 0, rows, colStart, colCount);
+    public static DeviceIntervention ScaleColumns(int rows, int colStart, int colCount, float alpha) => new(InterventionOp.Scale, 0, rows, colStart, colCount, null, alpha);
+    public static DeviceIntervention AddVector(int rows, int colStart, float[] vector, float alpha = 1f) => new(InterventionOp.Add, 0, rows, colStart, vector.Length, vector, alpha);
+    public static DeviceIntervention SetRows(int rowStart, int rowCount, int cols, float[] values) => new(InterventionOp.Set, rowStart, rowCount, 0, cols, values);
+
+    /// <summary>Throws when the block does not fit a [rows, cols] tap of the given length, or Values has the wrong size.</summary>
+    public void Validate(int rows, int cols, long length)
+    {
+        if (rows < 0 || cols < 0 || (long)rows * cols > length)
+            throw new ArgumentException($"intervention on [{rows}, {cols}] but the tap holds {length} floats");
+        if (RowStart < 0 || RowCount < 0 || RowStart + RowCount > rows || ColStart < 0 || ColCount < 0 || ColStart + ColCount > cols)
+            throw new ArgumentOutOfRangeException(nameof(RowStart), $"block rows {RowStart}+{RowCount}, cols {ColStart}+{ColCount} outside [{rows}, {cols}]");
+        if (Op is InterventionOp.Set or InterventionOp.Add)
+        {
+            if (Values == null) throw new ArgumentException($"{Op} needs values");
+            if (Values.Length != ColCount && Values.Length != RowCount * ColCount)
+                throw new ArgumentException($"{Op}: {Values.Length} values for a block of {RowCount} x {ColCount} (want {ColCount} or {RowCount * ColCount})");
+        }
+    }
+
+    /// <summary>The definition, on host memory (what the CPU backends would run, and the oracle of the device kernel).</summary>
+    public void ApplyHost(Span<float> data, int rows, int cols)
+    {
+        Validate(rows, cols, data.Length);
+        bool perRow = Values != null && Values.Length == RowCount * ColCount && RowCount > 1;
+        for (int r = 0; r < RowCount; r++)
+        {
+            var row = data.Slice((RowStart + r) * cols + ColStart, ColCount);
+            var v = Values == null ? default : perRow ? Values.AsSpan(r * ColCount, ColCount) : Values.AsSpan(0, ColCount);
+            for (int c = 0; c < ColCount; c++)
+                row[c] = Op switch
+                {
+                    InterventionOp.Set => v[c],
+                    InterventionOp.Add => row[c] + Alpha * v[c],
+                    InterventionOp.Scale => row[c] * Alpha,
+                    _ => 0f,
+                };
+        }
+    }
+}
+
+/// <summary>
+/// A backend that can run <see cref="DeviceIntervention"/>s where the tap lives (proposed for Engine.Kernels.IBackend:
+/// Session.Fire would call it for device hooks instead of downloading the slot; see README.md).
+/// </summary>
+public interface IDeviceInterventions
+{
+    void Apply(DeviceIntervention intervention, DeviceSpan data, int rows, int cols);
+}
