@@ -499,6 +499,12 @@ public sealed partial class Session : IDisposable
         public readonly Slot Embed, PosEmbed, Resid, Ln1Norm, Ln1Scale, Ln2Norm, Ln2Scale, Qkv, Q, Z, AttnOut,
             MlpPre, MlpPreLinear, MlpPost, MlpOut, LnfNorm, LnfScale, Logits, KCache, VCache, KNew, VNew, LastRows;
 
+        /// <param name="backend">The backend whose buffer holds the arena.</param>
+        /// <param name="c">The model.</param>
+        /// <param name="rows">Rows (tokens) of one run.</param>
+        /// <param name="lanes">Patched variants run side by side (1 outside sweeps).</param>
+        /// <param name="laneCapacity">Rows per lane.</param>
+        /// <param name="logitRows">Rows whose logits are computed.</param>
         /// <param name="sweep">A sweep workspace: no embedding slots; scratch for the new k/v rows of several lanes and for their last rows.</param>
         public Workspace(IBackend backend, ModelConfig c, int rows, int lanes, int laneCapacity, int logitRows, bool sweep)
         {

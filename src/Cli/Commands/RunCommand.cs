@@ -7,10 +7,11 @@ namespace Engine.Cli.Commands;
 public static class RunCommand
 {
     public static CommandSpec Spec { get; } = new("run", "run a prompt once and show the next-token predictions",
-        "engine run --model M (--prompt TEXT | --tokens 1,2,3) [--top K] [--json] [--save-logits FILE.safetensors] [--backend B]",
+        "engine run --model M (--prompt TEXT | --tokens 1,2,3) [--top K] [--json] [--save-logits FILE.safetensors] [--backend B] [--memory]",
         [Common.ModelOption, .. Common.InputOptions,
          new("--top", "how many predictions to show", ValueName: "K", Default: "10"),
          new("--save-logits", "write tensor 'logits' [T, V] F32 to this safetensors file", ValueName: "FILE"),
+         new("--memory", "report memory after the run: mapped weights, arena + KV cache, managed heap, resident (RSS file-backed / private)", IsFlag: true),
          Common.ForceOption, Common.BackendOption, Common.CheckFiniteOption, Common.JsonOption], Run);
 
     static int Run(CliArgs a)
@@ -27,6 +28,7 @@ public static class RunCommand
         var probs = Common.Softmax(last);
         var ids = Common.TopK(last, top);
         var tok = Common.Tokenizer(model);
+        var memory = a.Flag("--memory") ? MemoryReport.Measure(model, session) : null;
         if (savePath != null)
             SafeTensorWriter.Write(savePath, [SafeTensorWriter.F32("logits", [T, V], logits)],
                 new Dictionary<string, string> { ["tokens"] = "[" + string.Join(", ", tokens) + "]", ["producer"] = "engine run" });
@@ -59,6 +61,18 @@ public static class RunCommand
                 }
                 w.WriteEndArray();
                 if (savePath != null) w.WriteString("saved_logits", savePath);
+                if (memory != null)
+                {
+                    w.WriteStartObject("memory");
+                    w.WriteNumber("mapped_weight_bytes", memory.MappedWeightBytes);
+                    w.WriteNumber("arena_bytes", memory.ArenaBytes);
+                    w.WriteNumber("managed_heap_bytes", memory.ManagedHeapBytes);
+                    void Opt(string name, long? v) { if (v is long x) w.WriteNumber(name, x); else w.WriteNull(name); }
+                    Opt("resident_bytes", memory.ResidentBytes);
+                    Opt("resident_file_bytes", memory.ResidentFileBytes);
+                    Opt("resident_anon_bytes", memory.ResidentAnonBytes);
+                    w.WriteEndObject();
+                }
                 w.CheckFiniteJson(watch);
                 w.WriteEndObject();
             });
@@ -70,6 +84,7 @@ public static class RunCommand
         foreach (var id in ids)
             a.Out.WriteLine($"  {id,7}  {probs[id],8:P2}  logit {last[id],9:F4}  {Quote(Common.TokenText(tok, id))}");
         if (savePath != null) a.Out.WriteLine($"logits [{T}, {V}] written to {savePath}");
+        if (memory != null) foreach (var line in memory.Lines()) a.Out.WriteLine(line);
         watch?.ThrowIfFound();
         return 0;
     }

@@ -21,6 +21,7 @@ public sealed class SitePatch
 
     public Site Site { get; }
 
+    /// <param name="site">Where the patch is written.</param>
     /// <param name="fullShape">The tap's shape in a full run of T tokens (rows T, keys T).</param>
     public SitePatch(Site site, TapShape fullShape)
     {

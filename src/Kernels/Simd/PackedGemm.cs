@@ -16,7 +16,7 @@ namespace Engine.Kernels.Simd;
 /// place for F32, widened into a small scratch for BF16/F16); the tile is 12 outputs × 32 rows, stored transposed.</item>
 /// </list>
 /// Per output element the arithmetic is one FMA chain over k ascending starting from 0, then + bias: the same as
-/// <see cref="Gemm.InMajor{TW}"/> and independent of tiling and thread count.
+/// <c>Gemm.InMajor</c> and independent of tiling and thread count.
 /// </summary>
 internal static unsafe class PackedGemm
 {
@@ -129,7 +129,7 @@ internal static unsafe class PackedGemm
 
     /// <summary>
     /// Rows i0..i0+r (r ≤ 4) of a 12-row packed A tile (ap already offset by i0; stride 12 per k) times 32 columns of B:
-    /// the same per-element FMA chain as <see cref="Micro12x32{TW}"/>, for the last rows of a matrix.
+    /// the same per-element FMA chain as the 12 × 32 micro-kernel, for the last rows of a matrix.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static void Micro4x32(int r, float* ap, float* bp, int kc, float* c, long ldc, bool accumulate, float* bias)

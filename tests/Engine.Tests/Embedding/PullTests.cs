@@ -64,7 +64,7 @@ public class PullTests
         {
             var root = doc.RootElement;
             Assert.Equal(HubServer.Commit, root.GetProperty("commit").GetString());
-            var got = root.GetProperty("files").EnumerateArray().Select(f => f.GetProperty("path").GetString()).Order().ToArray();
+            var got = root.GetProperty("files").EnumerateArray().Select(f => f.GetProperty("path").GetString()!).Order().ToArray();
             Assert.Equal(["config.json", "extra/generation_config.json", "model.safetensors"], got);   // README.md is not a model file
         }
         // the layout huggingface_hub uses: blobs by hash, snapshot links, refs/main

@@ -22,7 +22,7 @@ public class ReportsTests
     }
 
     /// <summary>A valid PNG of plausible size with some non-white pixels.</summary>
-    public static void AssertPng(string path)
+    internal static void AssertPng(string path)
     {
         var bytes = File.ReadAllBytes(path);
         Assert.True(bytes.Length > 2000, $"{path}: {bytes.Length} bytes");

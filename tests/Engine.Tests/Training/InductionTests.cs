@@ -47,7 +47,7 @@ public class InductionTests(ITestOutputHelper output)
             var tokens = e.Tokens[..(e.Positions[k] + 1)];
             var r = HeadAblation.Run(session, tokens, e.Expected[k], new AblationOptions { Metric = OutputMetric.LogProb });
             for (int l = 0; l < c.NLayers; l++)
-                for (int h = 0; h < c.NHeads; h++) mean[l, h] += r.Delta[l, h] / sweepExamples.Length;
+                for (int h = 0; h < c.NHeads; h++) mean[l, h] += r.Delta![l, h] / sweepExamples.Length;
         }
         var ranked = (from l in Enumerable.Range(0, c.NLayers) from h in Enumerable.Range(0, c.NHeads) orderby mean[l, h] select (l, h, mean[l, h])).ToArray();
         output.WriteLine("head sweep (mean Δ log p): " + string.Join(", ", ranked.Select(x => $"L{x.l}H{x.h} {x.Item3:F2}")));
