@@ -104,6 +104,10 @@ public sealed class IlgpuBackend : IBackend, IDeviceInterventions
         s.Buffer is IlgpuBuffer b && ReferenceEquals(b.Device, _dev) ? b.View(s.Offset, s.Length)
             : throw new ArgumentException($"{Name}: span of a buffer from another backend or accelerator");
 
+    /// <summary>Floats copied device → host and host → device so far (what a test checks to see that device hooks stay on the device).</summary>
+    public long DownloadedFloats { get; private set; }
+    public long UploadedFloats { get; private set; }
+
     public unsafe void Download(DeviceSpan src, Span<float> dst)
     {
         if (dst.Length < src.Length) throw new ArgumentException($"destination holds {dst.Length} floats, the span {src.Length}");
@@ -111,6 +115,7 @@ public sealed class IlgpuBackend : IBackend, IDeviceInterventions
         _acc.Synchronize();   // host copies are not ordered after queued kernels on every accelerator
         // Pinned for the copy: ILGPU copies from the raw address, and a GC must not move a managed array under it.
         fixed (float* p = dst) V(src).CopyToCPU(ref *p, src.Length);
+        DownloadedFloats += src.Length;
     }
 
     public unsafe void Upload(ReadOnlySpan<float> src, DeviceSpan dst)
@@ -119,6 +124,7 @@ public sealed class IlgpuBackend : IBackend, IDeviceInterventions
         if (src.Length == 0) return;
         _acc.Synchronize();
         fixed (float* p = src) V(dst).SubView(0, src.Length).CopyFromCPU(ref *p, src.Length);
+        UploadedFloats += src.Length;
     }
 
     public void Copy(DeviceSpan src, DeviceSpan dst)

@@ -1,3 +1,4 @@
+using Engine.Kernels;
 using Engine.Loader;
 
 namespace Engine.Runtime;
@@ -105,6 +106,56 @@ public sealed class HookRegistry
                 if (list.Count == 0) _slots[i] = null;
             }
         });
+    }
+
+    /// <summary>
+    /// Registers an edit of one tap that the backend runs where the tap lives (<see cref="IDeviceInterventions"/>): zero,
+    /// scale, add or set a [rows, cols] block (see <see cref="DeviceIntervention"/> for how a tap is viewed as rows and
+    /// columns). On a GPU backend a tap whose hooks are all interventions is never copied to the host. It runs in
+    /// registration order with the other hooks of the tap; on host backends it is the same as a hook calling
+    /// <see cref="DeviceIntervention.ApplyHost"/>.
+    /// </summary>
+    public IDisposable AddIntervention(HookKind kind, int layer, DeviceIntervention intervention) =>
+        Add(kind, layer, new InterventionHook(intervention).Fire);
+
+    /// <inheritdoc cref="AddIntervention(HookKind, int, DeviceIntervention)"/>
+    public IDisposable AddIntervention(string name, DeviceIntervention intervention)
+    {
+        if (!HookPoints.TryParse(name, out var kind, out int layer) || (layer >= _config.NLayers) || !HookPoints.Exists(_config, kind))
+            throw new UsageException($"hook '{name}' does not exist in this {_config.ModelType} model (see `engine info` for the list)");
+        return AddIntervention(kind, layer, intervention);
+    }
+
+    /// <summary>A tap viewed as [rows, cols]: [T, D] and [T, H, d] taps by position (cols = D or H·d); [H, T, Tk] taps (scores, pattern) as [H·T, Tk].</summary>
+    public static (int Rows, int Cols) InterventionView(HookKind kind, TapShape shape) =>
+        kind is HookKind.AttnScores or HookKind.Pattern ? (shape.D0 * shape.D1, shape.D2) : (shape.D0, (int)(shape.Elements / Math.Max(1, shape.D0)));
+
+    sealed class InterventionHook(DeviceIntervention intervention)
+    {
+        public DeviceIntervention Intervention { get; } = intervention;
+
+        public void Fire(Tap tap)
+        {
+            var (rows, cols) = InterventionView(tap.Kind, tap.Shape);
+            Intervention.ApplyHost(tap.Data, rows, cols);
+        }
+    }
+
+    /// <summary>
+    /// Fills <paramref name="into"/> with the interventions of one tap when every hook registered there is one (so the
+    /// backend can run them all without a host copy); false when a host hook is among them.
+    /// </summary>
+    internal bool TryInterventionsOnly(HookKind kind, int layer, List<DeviceIntervention> into)
+    {
+        into.Clear();
+        var list = _slots[Index(kind, layer)];
+        if (list == null) return false;
+        foreach (var fn in list)
+        {
+            if (fn.Target is not InterventionHook ih) { into.Clear(); return false; }
+            into.Add(ih.Intervention);
+        }
+        return true;
     }
 
     /// <summary>Removes every hook.</summary>

@@ -448,6 +448,13 @@ public sealed partial class Session : IDisposable
             if (own) FireOwn(kind, layer, view, shape, lane);
             return;
         }
+        // Interventions only (patch, ablate, scale, add): run where the tap lives, no host copy.
+        if (session && !own && b is IDeviceInterventions device && Hooks.TryInterventionsOnly(kind, layer, _interventions))
+        {
+            var (rows, cols) = HookRegistry.InterventionView(kind, shape);
+            foreach (var iv in _interventions) device.Apply(iv, data, rows, cols);
+            return;
+        }
         // A device slot: the hook sees a host copy, and what it leaves there goes back before the next op reads it.
         if (_staging.Length < data.Length) _staging = GC.AllocateUninitializedArray<float>(data.Length);
         var host = _staging.AsSpan(0, data.Length);
@@ -457,6 +464,8 @@ public sealed partial class Session : IDisposable
         if (own) FireOwn(kind, layer, host, shape, lane);
         b.Upload(host, data);
     }
+
+    readonly List<DeviceIntervention> _interventions = [];
 
     void FireOwn(HookKind kind, int layer, Span<float> data, TapShape shape, in Lane lane)
     {

@@ -36,8 +36,11 @@ public sealed unsafe class HostBuffer : IDeviceBuffer
 /// The CPU backends as an <see cref="IBackend"/>: buffers are host memory and every op is the wrapped
 /// <see cref="IKernels"/> on spans of them, so a tap is the runtime's own memory.
 /// </summary>
-public sealed class HostBackend(IKernels kernels) : IBackend
+public sealed class HostBackend(IKernels kernels) : IBackend, IDeviceInterventions
 {
+    /// <summary>Interventions on host memory: their definition, <see cref="DeviceIntervention.ApplyHost"/>.</summary>
+    public void Apply(DeviceIntervention intervention, DeviceSpan data, int rows, int cols) => intervention.ApplyHost(HostView(data), rows, cols);
+
     public string Name => kernels.Name;
     public bool IsHost => true;
     public IKernels HostKernels => kernels;

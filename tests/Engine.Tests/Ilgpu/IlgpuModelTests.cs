@@ -67,6 +67,50 @@ public class IlgpuModelTests
         Assert.True(Compare.MaxAbsDiff(device, clean, out _) > 1e-3, $"{fixture}: the patch changed nothing");
     }
 
+    /// <summary>
+    /// The same edits as <see cref="PatchedRunMatchesCpu"/> registered as interventions (HookRegistry.AddIntervention):
+    /// on the device they run as kernels and no tap is copied to the host (the run downloads exactly what an unhooked
+    /// run does: the logits); the logits equal the host hooks' on cpu, and on cpu interventions equal host hooks bit for bit.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(Fixtures))]
+    public void InterventionsRunOnTheDeviceWithoutHostCopies(string fixture)
+    {
+        using var model = Model.Load(TestPaths.Fixture(fixture));
+        var c = model.Config;
+        int[] tokens = [5, 17, 300, 42, 1, 0, 99, 7];
+        var fill = Enumerable.Range(0, c.DModel).Select(i => MathF.Sin(i) * 0.5f).ToArray();
+        List<IDisposable> Edit(Session s) =>
+        [
+            s.Hooks.AddIntervention("blocks.0.hook_resid_pre", DeviceIntervention.SetRows(2, 1, c.DModel, fill)),
+            s.Hooks.AddIntervention($"blocks.{c.NLayers - 1}.attn.hook_z", DeviceIntervention.ZeroColumns(tokens.Length, 0, c.HeadDim)),
+            s.Hooks.AddIntervention("blocks.0.hook_mlp_out", DeviceIntervention.ScaleColumns(tokens.Length, 0, c.DModel, 0.5f)),
+        ];
+        List<IDisposable> HostHooks(Session s) =>
+        [
+            s.Hooks.Add("blocks.0.hook_resid_pre", tap => fill.CopyTo(tap.Row(2))),
+            s.Hooks.Add($"blocks.{c.NLayers - 1}.attn.hook_z", tap => { for (int t = 0; t < tap.Shape.D0; t++) tap.Row(t).Slice(0, c.HeadDim).Clear(); }),
+            s.Hooks.Add("blocks.0.hook_mlp_out", tap => { foreach (ref var x in tap.Data) x *= 0.5f; }),
+        ];
+        float[] Run(string backend, Func<Session, List<IDisposable>>? hooks, out long downloaded)
+        {
+            using var s = new Session(model, new SessionOptions { Backend = backend, Capacity = 16 });
+            var handles = hooks?.Invoke(s) ?? [];
+            long before = (s.Backend as IlgpuBackend)?.DownloadedFloats ?? 0;
+            var logits = s.Run(tokens).ToArray();
+            downloaded = ((s.Backend as IlgpuBackend)?.DownloadedFloats ?? 0) - before;
+            foreach (var h in handles) h.Dispose();
+            return logits;
+        }
+        var onDevice = Run(Backend, Edit, out long withEdits);
+        Run(Backend, null, out long plain);
+        Assert.Equal(plain, withEdits);
+        var hostHooks = Run("cpu", HostHooks, out _);
+        Compare.Close(onDevice, hostHooks, 1e-4, $"{fixture}: device interventions vs host hooks on cpu");
+        var cpuEdits = Run("cpu", Edit, out _);
+        Assert.Equal(hostHooks, cpuEdits);
+    }
+
     // ---- the runtime's invariants on the device: no-op hooks are bit-identical (fused attention == three steps), the
     // ---- KV cache gives the logits of one run, patching reproduces another run, zeroing a head removes its share.
 

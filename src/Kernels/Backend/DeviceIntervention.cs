@@ -1,4 +1,4 @@
-namespace Engine.Kernels.Ilgpu;
+namespace Engine.Kernels;
 
 /// <summary>What an intervention does to the selected cells of a tap.</summary>
 public enum InterventionOp
@@ -64,8 +64,8 @@ public sealed record DeviceIntervention(InterventionOp Op, int RowStart, int Row
 }
 
 /// <summary>
-/// A backend that can run <see cref="DeviceIntervention"/>s where the tap lives (proposed for Engine.Kernels.IBackend:
-/// Session.Fire would call it for device hooks instead of downloading the slot; see README.md).
+/// A backend that runs <see cref="DeviceIntervention"/>s where the tap lives. The session calls it for hooks registered
+/// with <c>HookRegistry.AddIntervention</c>: on a device backend the tap is then never copied to the host.
 /// </summary>
 public interface IDeviceInterventions
 {
