@@ -37,6 +37,8 @@ public static class SysinfoCommand
         o.WriteLine($"peak FP32 FMA:      {peak.FlopsPerCore / 1e9,8:F1} GFLOP/s per core   {peak.FlopsAllCores / 1e9,8:F1} GFLOP/s all cores");
         o.WriteLine($"memory read:        {peak.ReadBytesPerCore / 1e9,8:F1} GB/s per core      {peak.ReadBytesAllCores / 1e9,8:F1} GB/s all cores"
                     + $"   (buffer {peak.BufferBytes >> 20} MiB, last-level cache {(peak.CacheBytes > 0 ? (peak.CacheBytes >> 20) + " MiB" : "unknown")})");
+        if (peak.Cores > 1 && peak.FlopsAllCores < 1.5 * peak.FlopsPerCore)
+            o.WriteLine("note: all cores gave less than 1.5x one core: other processes were probably running (engine sysinfo --refresh on a quiet machine)");
         o.WriteLine($"{(fromCache ? "cached" : "measured")} {peak.MeasuredUtc} in {peak.MeasureSeconds:F2} s: {file}{(fromCache ? " (--refresh measures again)" : "")}");
         return 0;
     }

@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
@@ -184,8 +185,8 @@ public sealed record MachinePeak
 
     /// <summary>
     /// Measures now. Full: FMA rounds of ~20 ms (best of 12, one core and all cores), a buffer of 4x the last-level
-    /// cache (256 MiB .. 2 GiB, at most a quarter of the available memory) read 12 times. Quick: ~1 ms rounds and a
-    /// 16 MiB buffer (about 10 ms in all; its bandwidth may be the cache's).
+    /// cache (256 MiB .. 2 GiB, at most a quarter of the available memory) read 12 times. Quick: ~0.5 ms rounds and an
+    /// 8 MiB buffer (a few milliseconds in all; its bandwidth is likely the cache's).
     /// </summary>
     public static MachinePeak Measure(bool quick = false)
     {
@@ -193,8 +194,8 @@ public sealed record MachinePeak
         int cores = Environment.ProcessorCount;
         var (isa, bits) = VectorIsa();
         // many short rounds, best one: on a shared machine some round usually runs undisturbed
-        int rounds = quick ? 3 : 12;
-        double roundSeconds = quick ? 0.001 : 0.02;
+        int rounds = quick ? 2 : 12;
+        double roundSeconds = quick ? 0.0005 : 0.02;
 
         long iters = CalibrateFma(roundSeconds);
         double flopsPerIter = FmaFlopsPerIteration(bits);
@@ -202,7 +203,7 @@ public sealed record MachinePeak
         double bestN = BestSeconds(cores, rounds, _ => Fma(iters));
 
         long llc = LastLevelCacheBytes();
-        long bytes = quick ? 16L << 20 : Math.Clamp(4 * llc, 256L << 20, 2L << 30);
+        long bytes = quick ? 8L << 20 : Math.Clamp(4 * llc, 256L << 20, 2L << 30);
         long avail = GC.GetGCMemoryInfo().TotalAvailableMemoryBytes;
         if (!quick && avail > 0) bytes = Math.Max(64L << 20, Math.Min(bytes, avail / 4));
         bytes -= bytes % ((long)cores * 256);
@@ -322,6 +323,7 @@ public sealed record MachinePeak
         _sink += r;
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static float Fma512(long n)
     {
         var a = Vector512.Create(0.9999999f); var b = Vector512.Create(1e-7f);
@@ -338,6 +340,7 @@ public sealed record MachinePeak
         return Vector512.Sum(x0 + x1 + x2 + x3 + x4 + x5 + x6 + x7 + x8 + x9 + x10 + x11);
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static float Fma256(long n)
     {
         var a = Vector256.Create(0.9999999f); var b = Vector256.Create(1e-7f);
@@ -354,6 +357,7 @@ public sealed record MachinePeak
         return Vector256.Sum(x0 + x1 + x2 + x3 + x4 + x5 + x6 + x7 + x8 + x9 + x10 + x11);
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static float Fma128(long n)
     {
         // without hardware FMA (SSE only) the multiply and add are separate instructions: still 2 FLOPs per lane
@@ -380,6 +384,7 @@ public sealed record MachinePeak
         return Vector128.Sum(x0 + x1 + x2 + x3 + x4 + x5 + x6 + x7 + x8 + x9 + x10 + x11);
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static float FmaScalar(long n)
     {
         float a = 0.9999999f, b = 1e-7f;
@@ -399,6 +404,7 @@ public sealed record MachinePeak
     }
 
     /// <summary>A streaming sum of <paramref name="n"/> floats (a multiple of 64) with four vector accumulators.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static unsafe void Read(float* p, long n)
     {
         float r;
