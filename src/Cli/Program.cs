@@ -12,7 +12,7 @@ public static class Program
 {
     public static IReadOnlyList<CommandSpec> Commands { get; } =
     [
-        InfoCommand.Spec, RunCommand.Spec, GenerateCommand.Spec, CacheCommand.Spec, DemoCommand.Spec, BenchCommand.Spec, MakeModelCommand.Spec, PullCommand.Spec,
+        InfoCommand.Spec, RunCommand.Spec, GenerateCommand.Spec, CacheCommand.Spec, DemoCommand.Spec, BenchCommand.Spec, ProfileCommand.Spec, SysinfoCommand.Spec, MakeModelCommand.Spec, PullCommand.Spec,
         TrainCommand.Spec, AttributionPatchCommand.Spec, IntegratedGradientsCommand.Spec,
         .. InterpCommands.Specs,
     ];

@@ -35,8 +35,8 @@ public class CliFuzzTests(ITestOutputHelper output)
         public string NewFile(string ext) => Path.Combine(Tmp, $"out{Interlocked.Increment(ref Counter)}{ext}");
     }
 
-    static readonly HashSet<string> OutputFiles = ["--save-logits", "--json-out", "--svg", "--png", "--state", "--journal"];
-    static readonly HashSet<string> CostOptions = ["--steps", "--batch", "--samples", "--repeat", "--decode", "--max-new-tokens", "--effect-windows", "--checkpoint-every", "--stop-after", "--context", "--query-from", "--window"];
+    static readonly HashSet<string> OutputFiles = ["--save-logits", "--json-out", "--svg", "--png", "--state", "--journal", "--trace"];
+    static readonly HashSet<string> CostOptions = ["--steps", "--batch", "--samples", "--repeat", "--decode", "--max-new-tokens", "--effect-windows", "--checkpoint-every", "--stop-after", "--context", "--query-from", "--window", "--warmup", "--length"];
     static readonly HashSet<string> TokenOptions = ["--tokens", "--clean-tokens", "--corrupt-tokens", "--mean-tokens", "--source-tokens", "--effect-tokens", "--positive-tokens", "--negative-tokens", "--prefill", "--positions", "--subject-positions", "--layers"];
     static readonly HashSet<string> TextOptions = ["--prompt", "--clean-prompt", "--corrupt-prompt", "--source-prompt", "--effect-prompt", "--subject", "--positive", "--negative"];
 
@@ -100,6 +100,9 @@ public class CliFuzzTests(ITestOutputHelper output)
             "generate" => ["--model", m, "--tokens", "1,2,3", "--max-new-tokens", "3"],
             "cache" => ["--model", m, "--tokens", "1,2,3", "--hooks", "blocks.*.hook_resid_post", "--out", p.NewFile(".safetensors")],
             "bench" => ["--model", m, "--prefill", "4", "--decode", "2", "--repeat", "1", "--no-cache-runs"],
+            "profile" => ["--model", m, "--tokens", "1,2,3", "--decode", "2", "--warmup", "0"],
+            // the test process measures quickly (ENGINE_SYSINFO_QUICK=1, Profiling/ProfilingTestSetup.cs) and caches in a temporary folder
+            "sysinfo" => ["--quick"],
             "lens" => ["--model", m, "--tokens", "1,2,3"],
             "patch" => ["--model", m, "--clean-tokens", "1,2,3", "--corrupt-tokens", "4,5,6"],
             "ablate" => ["--model", m, "--tokens", "1,2,3", "--heads", "0:0,1:1"],
@@ -231,7 +234,7 @@ public class CliFuzzTests(ITestOutputHelper output)
     /// </summary>
     static int CasesFor(string command) => command switch
     {
-        "bench" or "attribute" or "explain" or "pull" or "train" => 1_000,
+        "bench" or "attribute" or "explain" or "pull" or "train" or "profile" or "sysinfo" => 1_000,
         "trace" or "noise" or "steer" or "patch" or "ablate" or "dla" or "lens" or "generate" => 2_000,
         _ => 10_000,
     };
