@@ -243,6 +243,7 @@ public sealed unsafe class SimdKernels : IKernels
                 var job = _matKn;
                 job.X = px; job.Y = py; job.Rows = rows; job.W = w;
                 job.Chunk = 64;
+                job.Packed = rows > 1 && GemmAvx2.Supported;
                 int chunks = (w.Out + job.Chunk - 1) / job.Chunk;
                 _pool.Run(job, chunks);
                 job.W = null!;
@@ -284,12 +285,13 @@ public sealed unsafe class SimdKernels : IKernels
     /// <summary>W [In, Out] (Conv1D): y[m, seg] = b[seg] + sum_k x[m, k] W[k, seg], k ascending; items are column segments.</summary>
     sealed class MatMulInMajorWork : IParallelWork
     {
-        public float* X, Y; public int Rows, Chunk; public Linear W = null!;
+        public float* X, Y; public int Rows, Chunk; public bool Packed; public Linear W = null!;
         public void Execute(int index)
         {
             int k = W.In, n = W.Out;
             int c0 = index * Chunk, width = Math.Min(n, c0 + Chunk) - c0;
             var wv = W.W;
+            if (Packed) { ExecutePacked(k, n, c0, width); return; }
             for (int m = 0; m < Rows; m++)
             {
                 var yseg = new Span<float>(Y + (long)m * n + c0, width);
@@ -307,6 +309,44 @@ public sealed unsafe class SimdKernels : IKernels
                     TensorPrimitives.MultiplyAdd(wseg, X[(long)m * k + i], yseg, yseg);
                 }
             }
+        }
+
+        /// <summary>AVX2 + FMA without AVX-512: whole 16-column strips through <see cref="GemmAvx2"/>, the last columns as scalar FMA chains.</summary>
+        void ExecutePacked(int k, int n, int c0, int width)
+        {
+            var wv = W.W;
+            int strips = width / GemmAvx2.Strip;
+            var panel = ScratchA(Math.Max(1, strips * k * GemmAvx2.Strip));
+            var row = ScratchB(width);
+            // [strip][k][16]: each strip contiguous, k ascending
+            for (int i = 0; i < k; i++)
+            {
+                ReadOnlySpan<float> wrow;
+                if (wv.DType == DType.F32) wrow = new ReadOnlySpan<float>(wv.Data + ((long)i * n + c0) * 4, width);
+                else { wv.Widen((long)i * n + c0, row); wrow = row; }
+                for (int s = 0; s < strips; s++)
+                    wrow.Slice(s * GemmAvx2.Strip, GemmAvx2.Strip).CopyTo(panel.Slice((s * k + i) * GemmAvx2.Strip, GemmAvx2.Strip));
+            }
+            fixed (float* pp = panel, pb = W.Bias)
+                GemmAvx2.Strips(X, Rows, k, pp, strips, pb, Y, n, c0);
+            // column tail: one FMA chain per element, k ascending, then + bias (as the strips)
+            for (int j = c0 + strips * GemmAvx2.Strip; j < c0 + width; j++)
+            {
+                for (int m = 0; m < Rows; m++)
+                {
+                    float acc = 0f;
+                    for (int i = 0; i < k; i++) acc = MathF.FusedMultiplyAdd(WeightAt(wv, (long)i * n + j), X[(long)m * k + i], acc);
+                    Y[(long)m * n + j] = W.Bias != null ? acc + W.Bias[j] : acc;
+                }
+            }
+        }
+
+        static float WeightAt(TensorView w, long index)
+        {
+            if (w.DType == DType.F32) return ((float*)w.Data)[index];
+            Span<float> one = stackalloc float[1];
+            w.Widen(index, one);
+            return one[0];
         }
     }
 
