@@ -70,6 +70,57 @@ internal static unsafe class GemmAvx2
         Store(y, a0, a1, bias);
     }
 
+    /// <summary>
+    /// Decode (one row): y[j] for j in [j0, j0 + 64·blocks + 16·strips) straight from W [K, N] (F32, or BF16 when
+    /// <paramref name="bf16"/>), row by row in memory order, accumulators in registers; no packing (decode reads each
+    /// weight once).
+    /// </summary>
+    public static void Row(float* x, int K, byte* w, long n, bool bf16, int j0, int blocks, int strips, float* bias, float* y)
+    {
+        int j = j0;
+        for (int b = 0; b < blocks; b++, j += 64) Row64(x, K, w, n, bf16, j, bias, y);
+        for (int s = 0; s < strips; s++, j += Strip) Row16(x, K, w, n, bf16, j, bias, y);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static Vector256<float> Load(byte* w, long index, bool bf16) =>
+        bf16 ? Avx2.ShiftLeftLogical(Avx2.ConvertToVector256Int32((ushort*)w + index), 16).AsSingle()
+             : Avx.LoadVector256((float*)w + index);
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    static void Row64(float* x, int K, byte* w, long n, bool bf16, int j, float* bias, float* y)
+    {
+        Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default, a4 = default, a5 = default, a6 = default, a7 = default;
+        long at = j;
+        for (int i = 0; i < K; i++, at += n)
+        {
+            var b = Vector256.Create(x[i]);
+            a0 = Fma.MultiplyAdd(Load(w, at, bf16), b, a0); a1 = Fma.MultiplyAdd(Load(w, at + 8, bf16), b, a1);
+            a2 = Fma.MultiplyAdd(Load(w, at + 16, bf16), b, a2); a3 = Fma.MultiplyAdd(Load(w, at + 24, bf16), b, a3);
+            a4 = Fma.MultiplyAdd(Load(w, at + 32, bf16), b, a4); a5 = Fma.MultiplyAdd(Load(w, at + 40, bf16), b, a5);
+            a6 = Fma.MultiplyAdd(Load(w, at + 48, bf16), b, a6); a7 = Fma.MultiplyAdd(Load(w, at + 56, bf16), b, a7);
+        }
+        float* bb = bias == null ? null : bias + j;
+        Store(y + j, a0, a1, bb);
+        Store(y + j + 16, a2, a3, bb == null ? null : bb + 16);
+        Store(y + j + 32, a4, a5, bb == null ? null : bb + 32);
+        Store(y + j + 48, a6, a7, bb == null ? null : bb + 48);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    static void Row16(float* x, int K, byte* w, long n, bool bf16, int j, float* bias, float* y)
+    {
+        Vector256<float> a0 = default, a1 = default;
+        long at = j;
+        for (int i = 0; i < K; i++, at += n)
+        {
+            var b = Vector256.Create(x[i]);
+            a0 = Fma.MultiplyAdd(Load(w, at, bf16), b, a0);
+            a1 = Fma.MultiplyAdd(Load(w, at + 8, bf16), b, a1);
+        }
+        Store(y + j, a0, a1, bias == null ? null : bias + j);
+    }
+
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     static void Store(float* y, Vector256<float> lo, Vector256<float> hi, float* bias)
     {

@@ -244,6 +244,7 @@ public sealed unsafe class SimdKernels : IKernels
                 job.X = px; job.Y = py; job.Rows = rows; job.W = w;
                 job.Chunk = 64;
                 job.Packed = rows > 1 && GemmAvx2.Supported;
+                job.Direct = rows == 1 && GemmAvx2.Supported && w.DType is DType.F32 or DType.BF16;
                 int chunks = (w.Out + job.Chunk - 1) / job.Chunk;
                 _pool.Run(job, chunks);
                 job.W = null!;
@@ -285,13 +286,25 @@ public sealed unsafe class SimdKernels : IKernels
     /// <summary>W [In, Out] (Conv1D): y[m, seg] = b[seg] + sum_k x[m, k] W[k, seg], k ascending; items are column segments.</summary>
     sealed class MatMulInMajorWork : IParallelWork
     {
-        public float* X, Y; public int Rows, Chunk; public bool Packed; public Linear W = null!;
+        public float* X, Y; public int Rows, Chunk; public bool Packed, Direct; public Linear W = null!;
         public void Execute(int index)
         {
             int k = W.In, n = W.Out;
             int c0 = index * Chunk, width = Math.Min(n, c0 + Chunk) - c0;
             var wv = W.W;
             if (Packed) { ExecutePacked(k, n, c0, width); return; }
+            if (Direct)
+            {
+                int blocks = width / 64, strips = (width - blocks * 64) / GemmAvx2.Strip, done = blocks * 64 + strips * GemmAvx2.Strip;
+                fixed (float* pb = W.Bias) GemmAvx2.Row(X, k, wv.Data, n, wv.DType == DType.BF16, c0, blocks, strips, pb, Y);
+                for (int j = c0 + done; j < c0 + width; j++)
+                {
+                    float acc = 0f;
+                    for (int i = 0; i < k; i++) acc = MathF.FusedMultiplyAdd(WeightAt(wv, (long)i * n + j), X[i], acc);
+                    Y[j] = W.Bias != null ? acc + W.Bias[j] : acc;
+                }
+                return;
+            }
             for (int m = 0; m < Rows; m++)
             {
                 var yseg = new Span<float>(Y + (long)m * n + c0, width);
