@@ -109,12 +109,14 @@ public static class DemoCommand
         o.WriteLine();
         o.WriteLine("greedy completions (one prompt per task of the recipe):");
         var indEx = TextTasks.Get("induction").HeldOut(TextTasks.Tokenizer, seed).Examples[1];
-        string indPrompt = tok.Decode(indEx.Tokens[..(indEx.Positions[indEx.Positions.Length / 2] + 1)], skipSpecialTokens: true);
+        int indK = indEx.Positions.Length / 2;
+        string indPrompt = tok.Decode(indEx.Tokens[..(indEx.Positions[indK] + 1)], skipSpecialTokens: true);
         string[] prompts = [FactPrompt, "23+45=", "When Mary and John went to the store, John gave a drink to", indPrompt];
         foreach (var p in prompts)
         {
             var ids = tok.Encode(p);
-            var gen = session.Generate(ids, 4, new SamplingOptions { Temperature = 0 });
+            // the induction prompt: as many words as the repeated span has left
+            var gen = session.Generate(ids, p == indPrompt ? indEx.Positions.Length - indK : 4, new SamplingOptions { Temperature = 0 });
             int stop = gen.FindIndex(t => text(t) is "." or "<|bos|>");
             var shown = stop >= 0 ? gen.Take(stop + 1) : gen;
             o.WriteLine($"  {Q(p)} -> {Q(string.Concat(shown.Select(text)))}");

@@ -241,3 +241,44 @@ public class DemoModelTests(ITestOutputHelper output)
         Assert.True(worst <= 0.02 * maxAttr, $"the gradient disagrees with the finite difference by {worst:F3} (largest attribution {maxAttr:F3})");
     }
 }
+
+/// <summary>`engine demo` runs the committed trained model by default and the random-weight model with --random.</summary>
+public class DemoCommandTests(ITestOutputHelper output)
+{
+    [Fact]
+    public void DemoShowsTheTrainedModelsCircuits()
+    {
+        var r = Support.Cli.Run("demo", "--model-dir", DemoModelTests.Folder);
+        output.WriteLine(r.Stdout);
+        Assert.True(r.ExitCode == 0, r.Stderr);
+        Assert.Contains("'Smith lives in' -> ' Paris.'", r.Stdout);
+        Assert.Contains("'23+45=' -> '68.'", r.Stdout);
+        Assert.Contains("logit lens on the fact 'Smith lives in' -> ' Paris'", r.Stdout);
+        Assert.Contains("causal trace of the subject 'Smith'", r.Stdout);
+        Assert.Contains("zero-ablating the top induction head", r.Stdout);
+        Assert.DoesNotContain("RANDOM", r.Stdout);
+
+        using var dir = new TempDir();
+        var random = Support.Cli.Run("demo", "--random", "--model-dir", dir.File("random"));
+        Assert.True(random.ExitCode == 0, random.Stderr);
+        Assert.Contains("RANDOM", random.Stdout);
+        Assert.Contains("next-token predictions", random.Stdout);
+    }
+}
+
+/// <summary>The committed demo model is what its recipe and seed produce (about 11 minutes on 2 threads).</summary>
+public class DemoModelReproducibilityTests(ITestOutputHelper output)
+{
+    [Fact]
+    [Trait("Category", "Slow")]
+    public void RetrainingTheDemoRecipeGivesTheCommittedWeights()
+    {
+        var run = Trainer.Train(new TrainSettings { Recipe = Recipe.Create("demo"), Seed = 1, Threads = 2, EvalEvery = 0 }, output.WriteLine);
+        output.WriteLine($"trained in {run.Seconds:F0} s; held-out {string.Join(", ", run.Final.Select(kv => $"{kv.Key} {kv.Value:P1}"))}");
+        using var dir = new TempDir();
+        Trainer.WriteFolder(run, dir.Path);
+        var committed = File.ReadAllBytes(Path.Combine(DemoModelTests.Folder, "model.safetensors"));
+        var retrained = File.ReadAllBytes(Path.Combine(dir.Path, "model.safetensors"));
+        Assert.True(committed.AsSpan().SequenceEqual(retrained), "the retrained weights differ from weights/demo/model.safetensors");
+    }
+}
