@@ -109,10 +109,10 @@ public sealed class InductionRecipe : Recipe
     /// elsewhere: the other tokens are uniform random and only add noise (with them in the loss the circuit forms
     /// several times later).
     /// </summary>
-    public static float[] Weights(int r, int n)
+    public static float[] Weights(int r, int n, int length = SeqLen)
     {
-        var w = new float[SeqLen];
-        for (int t = 0; t < SeqLen; t++) w[t] = t >= r + n ? 1f : 0f;
+        var w = new float[length];
+        for (int t = 0; t < length; t++) w[t] = t >= r + n ? 1f : 0f;
         return w;
     }
 

@@ -71,6 +71,16 @@ public class RecipeTests(ITestOutputHelper output)
             Assert.False(ArithmeticTask.IsHeldOut(int.Parse(parts[0]), int.Parse(parts[1])), s);
             Assert.Equal(int.Parse(parts[0]) + int.Parse(parts[1]), int.Parse(parts[2]));
         }
+        // ... and the held-out pairs can be learnt from the others: their sums end in every digit, and every pair of
+        // last digits and every pair of first digits occurs in training (the first held-out rule held out every sum ending in 7)
+        var pairs = (from x in Enumerable.Range(ArithmeticTask.Lo, ArithmeticTask.Hi - ArithmeticTask.Lo + 1)
+                     from y in Enumerable.Range(ArithmeticTask.Lo, ArithmeticTask.Hi - ArithmeticTask.Lo + 1) select (x, y)).ToArray();
+        var held = pairs.Where(p => ArithmeticTask.IsHeldOut(p.x, p.y)).ToArray();
+        var train = pairs.Where(p => !ArithmeticTask.IsHeldOut(p.x, p.y)).ToArray();
+        Assert.InRange(held.Length, pairs.Length / 20, pairs.Length / 5);
+        Assert.Equal(10, held.Select(p => (p.x + p.y) % 10).Distinct().Count());
+        Assert.Equal(100, train.Select(p => (p.x % 10, p.y % 10)).Distinct().Count());
+        Assert.Equal(16, train.Select(p => (p.x / 10, p.y / 10)).Distinct().Count());
         // induction: the scored positions are the second copy after its first token, and their sources hold the expected tokens
         var ind = new InductionRecipe();
         foreach (var e in ind.HeldOut(1)[0].Examples.Take(50))
