@@ -20,6 +20,9 @@ namespace Engine.Tests.Training;
 public class DemoModelTests(ITestOutputHelper output)
 {
     public static string Folder => Path.Combine(TestPaths.RepoRoot, "weights", "demo");
+    // sums are spread over more neurons than a relation: 96 take arithmetic from 100% to 19.4% (64: 41.7%) while the
+    // other tasks keep all but a few points (facts 95.8%, IOI 100%, induction 81.1 of 83.6%); 96 random ones: 98.6%
+    const int SumNeurons = 96;
     const int TopNeurons = 64;   // of 512 in the layer (of 2,048 in the model)
 
     sealed class Demo : IDisposable
@@ -159,14 +162,14 @@ public class DemoModelTests(ITestOutputHelper output)
         Assert.True(atSubject.All(v => v < 0.1), "restoring an MLP at the operands does not restore the answer");
 
         var ranked = RankNeurons(d, layer, prompts.Select(p => (p.Tokens, p.Target)));
-        var top = d.Accuracies(GroundTruth.SetNeurons(d.Config, ranked.Take(TopNeurons).Select(i => (layer, i))));
-        var random = d.Accuracies(GroundTruth.SetNeurons(d.Config, RandomNeurons(TopNeurons, d.Config.DMlp, 7).Select(i => (layer, i))));
-        var half = d.Accuracies(GroundTruth.SetNeurons(d.Config, ranked.Take(TopNeurons / 2).Select(i => (layer, i))));
+        var top = d.Accuracies(GroundTruth.SetNeurons(d.Config, ranked.Take(SumNeurons).Select(i => (layer, i))));
+        var random = d.Accuracies(GroundTruth.SetNeurons(d.Config, RandomNeurons(SumNeurons, d.Config.DMlp, 7).Select(i => (layer, i))));
+        var half = d.Accuracies(GroundTruth.SetNeurons(d.Config, ranked.Take(SumNeurons / 2).Select(i => (layer, i))));
         output.WriteLine($"held-out accuracy {Show(d.Base)}");
-        output.WriteLine($"L{layer}, top {TopNeurons / 2} IG neurons of the sums zero-ablated: {Show(half)}");
-        output.WriteLine($"L{layer}, top {TopNeurons} IG neurons (first: {string.Join(" ", ranked.Take(8))}) zero-ablated: {Show(top)}");
-        output.WriteLine($"L{layer}, {TopNeurons} random neurons zero-ablated: {Show(random)}");
-        Assert.True(top["arithmetic"] <= 0.5 * d.Base["arithmetic"], $"arithmetic {d.Base["arithmetic"]:P1} -> {top["arithmetic"]:P1}");
+        output.WriteLine($"L{layer}, top {SumNeurons / 2} IG neurons of the sums zero-ablated: {Show(half)}");
+        output.WriteLine($"L{layer}, top {SumNeurons} IG neurons (first: {string.Join(" ", ranked.Take(8))}) zero-ablated: {Show(top)}");
+        output.WriteLine($"L{layer}, {SumNeurons} random neurons zero-ablated: {Show(random)}");
+        Assert.True(top["arithmetic"] <= 0.3 * d.Base["arithmetic"], $"arithmetic {d.Base["arithmetic"]:P1} -> {top["arithmetic"]:P1}");
         foreach (var t in new[] { "facts", "ioi", "induction" })
             Assert.True(top[t] >= d.Base[t] - 0.1, $"{t}: {d.Base[t]:P1} -> {top[t]:P1}");
         Assert.True(random["arithmetic"] >= d.Base["arithmetic"] - 0.05, $"random neurons: arithmetic {d.Base["arithmetic"]:P1} -> {random["arithmetic"]:P1}");
