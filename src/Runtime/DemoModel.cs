@@ -117,29 +117,6 @@ public static class RandomModel
         }
         AtomicFile.Write(path, s => s.Write(ms.ToArray()));
     }
-
-    /// <summary>SplitMix64 with Box-Muller normals.</summary>
-    sealed class Rng(ulong seed)
-    {
-        ulong _state = seed;
-        double? _spare;
-        ulong Next()
-        {
-            ulong z = _state += 0x9E3779B97F4A7C15UL;
-            z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9UL;
-            z = (z ^ (z >> 27)) * 0x94D049BB133111EBUL;
-            return z ^ (z >> 31);
-        }
-        double Uniform() => ((Next() >> 11) + 0.5) * (1.0 / (1UL << 53));
-        public double Normal()
-        {
-            if (_spare is double s) { _spare = null; return s; }
-            double u = Uniform(), v = Uniform();
-            double r = Math.Sqrt(-2 * Math.Log(u));
-            _spare = r * Math.Sin(2 * Math.PI * v);
-            return r * Math.Cos(2 * Math.PI * v);
-        }
-    }
 }
 
 /// <summary>The model of `engine demo`.</summary>

@@ -2,6 +2,7 @@ using System.Diagnostics;
 using System.Globalization;
 using System.Text.Json;
 using Engine.Loader;
+using Engine.Runtime;
 
 namespace Engine.Training;
 

@@ -1,3 +1,5 @@
+using Engine.Runtime;
+
 namespace Engine.Training;
 
 /// <summary>One training sequence: tokens and, per position, the next-token target (−1 = not scored) and its loss weight.</summary>

@@ -1,3 +1,5 @@
+using Engine.Runtime;
+
 namespace Engine.Training;
 
 /// <summary>A task of the text recipes: its words, a training sampler and the held-out set.</summary>

@@ -1,4 +1,4 @@
-namespace Engine.Training;
+namespace Engine.Runtime;
 
 /// <summary>
 /// SplitMix64 with Box–Muller normals: the same numbers on every machine and .NET version, so a recipe and a seed give
