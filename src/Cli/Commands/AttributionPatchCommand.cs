@@ -10,8 +10,7 @@ namespace Engine.Cli.Commands;
 /// <summary>engine attrib-patch: attribution patching (gradient × activation difference), optionally next to activation patching.</summary>
 public static class AttributionPatchCommand
 {
-    static readonly string[] Acts = ["resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "z", "q", "k", "v", "pattern"];
-    static readonly string[] Metrics = ["logit_diff", "normalized", "prob", "logprob"];
+    static readonly string[] Acts = InterpPatchCommand.Acts, Metrics = InterpPatchCommand.Metrics;
 
     public static CommandSpec Spec { get; } = new("attrib-patch",
         "attribution patching: the gradient linear approximation of activation patching, in one backward pass",
@@ -26,14 +25,7 @@ public static class AttributionPatchCommand
         "first-order estimate of what engine patch measures). --compare also runs activation patching and reports both side\n" +
         "by side (picture, CSV) with their Pearson correlation. --precision: the gradient engine's precision (default f32).",
         [Common.ModelOption,
-         new("--clean-tokens", "clean prompt as token ids", ValueName: "IDS"),
-         new("--clean-prompt", "clean prompt as text (needs the tokenizer)", ValueName: "TEXT"),
-         new("--corrupt-tokens", "corrupted prompt as token ids (same length)", ValueName: "IDS"),
-         new("--corrupt-prompt", "corrupted prompt as text", ValueName: "TEXT"),
-         new("--bos", "prepend BOS to text prompts", IsFlag: true),
-         new("--no-bos", "do not prepend BOS to text prompts", IsFlag: true),
-         new("--answer", "answer token (id or one token's text)", ValueName: "A"),
-         new("--wrong", "wrong token for logit_diff (id or text)", ValueName: "W"),
+         .. InterpPatchCommand.PromptPairOptions,
          new("--act", "activation: " + string.Join(" | ", Acts), ValueName: "ACT", Default: "resid_pre"),
          new("--per-position", "per-head activations: one cell per (layer, position, head)", IsFlag: true),
          new("--metric", "metric: " + string.Join(" | ", Metrics), ValueName: "M", Default: "logit_diff"),
@@ -60,12 +52,7 @@ public static class AttributionPatchCommand
         var outs = InterpCommands.ResolveOutputs(a);
         using var model = Common.LoadModel(a);
         ActivationPatching.CheckExists(model.Config, options.Activation);
-        var clean = Common.InputTokens(a, model, "--clean-prompt", "--clean-tokens");
-        var corrupt = Common.InputTokens(a, model, "--corrupt-prompt", "--corrupt-tokens");
-        if (clean.Length != corrupt.Length)
-            throw new UsageException($"--corrupt-tokens: the corrupted prompt has {corrupt.Length} tokens, the clean one {clean.Length}; they must have the same length");
-        int? answer = InterpCommands.TokenOption(a, model, "--answer");
-        int? wrong = InterpCommands.TokenOption(a, model, "--wrong");
+        var (clean, corrupt, answer, wrong) = InterpPatchCommand.PromptPair(a, model);
         var sw = System.Diagnostics.Stopwatch.StartNew();
         var gm = GradientModel.Load(model, precision);
         var r = AttributionPatching.Run(gm, clean, corrupt, answer, wrong, options);

@@ -1,14 +1,15 @@
 using Engine.Interp;
 using Engine.Interp.Reports;
 using Engine.Loader;
+using Engine.Runtime;
 
 namespace Engine.Cli.Commands;
 
 /// <summary>engine patch: activation patching (SPEC "activation patching of the residual stream"; TransformerLens variants).</summary>
 public static class InterpPatchCommand
 {
-    static readonly string[] Acts = ["resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "z", "q", "k", "v", "pattern"];
-    static readonly string[] Metrics = ["logit_diff", "normalized", "prob", "logprob"];
+    internal static readonly string[] Acts = ["resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "z", "q", "k", "v", "pattern"];
+    internal static readonly string[] Metrics = ["logit_diff", "normalized", "prob", "logprob"];
 
     public static CommandSpec Spec { get; } = new("patch",
         "activation patching: which activations carry the difference between a clean and a corrupted prompt",
@@ -23,20 +24,38 @@ public static class InterpPatchCommand
         "prob / logprob of the answer. JSON: patched (the raw metric), normalized, values (the chosen metric), axes.\n" +
         "Defaults: answer = clean argmax at P, wrong = corrupted argmax (or the clean runner-up if they agree).",
         [Common.ModelOption,
-         new("--clean-tokens", "clean prompt as token ids", ValueName: "IDS"),
-         new("--clean-prompt", "clean prompt as text (needs the tokenizer)", ValueName: "TEXT"),
-         new("--corrupt-tokens", "corrupted prompt as token ids (same length)", ValueName: "IDS"),
-         new("--corrupt-prompt", "corrupted prompt as text", ValueName: "TEXT"),
-         new("--bos", "prepend BOS to text prompts", IsFlag: true),
-         new("--no-bos", "do not prepend BOS to text prompts", IsFlag: true),
-         new("--answer", "answer token (id or one token's text)", ValueName: "A"),
-         new("--wrong", "wrong token for logit_diff (id or text)", ValueName: "W"),
+         .. PromptPairOptions,
          new("--act", "activation to patch: " + string.Join(" | ", Acts), ValueName: "ACT", Default: "resid_pre"),
          new("--per-position", "per-head activations: one cell per (layer, position, head)", IsFlag: true),
          new("--metric", "metric: " + string.Join(" | ", Metrics), ValueName: "M", Default: "logit_diff"),
          new("--direction", "denoise (corrupted run gets clean values) | noise (clean run gets corrupted values)", ValueName: "D", Default: "denoise"),
          new("--naive", "one full forward pass per cell (the definition; slow), instead of reusing the cached states of the unpatched run", IsFlag: true),
          .. InterpCommands.OutputOptions, .. SweepJournal.Options], Run);
+
+    /// <summary>The clean / corrupted prompt pair and the answer / wrong tokens (shared with engine attrib-patch).</summary>
+    internal static OptionSpec[] PromptPairOptions =>
+    [
+        new("--clean-tokens", "clean prompt as token ids", ValueName: "IDS"),
+        new("--clean-prompt", "clean prompt as text (needs the tokenizer)", ValueName: "TEXT"),
+        new("--corrupt-tokens", "corrupted prompt as token ids (same length)", ValueName: "IDS"),
+        new("--corrupt-prompt", "corrupted prompt as text", ValueName: "TEXT"),
+        new("--bos", "prepend BOS to text prompts", IsFlag: true),
+        new("--no-bos", "do not prepend BOS to text prompts", IsFlag: true),
+        new("--answer", "answer token (id or one token's text)", ValueName: "A"),
+        new("--wrong", "wrong token for logit_diff (id or text)", ValueName: "W"),
+    ];
+
+    /// <summary>Reads <see cref="PromptPairOptions"/>: the two prompts (same length) and the optional answer / wrong tokens.</summary>
+    internal static (int[] Clean, int[] Corrupt, int? Answer, int? Wrong) PromptPair(CliArgs a, Model model)
+    {
+        var clean = Common.InputTokens(a, model, "--clean-prompt", "--clean-tokens");
+        var corrupt = Common.InputTokens(a, model, "--corrupt-prompt", "--corrupt-tokens");
+        if (clean.Length != corrupt.Length)
+            throw new UsageException($"--corrupt-tokens: the corrupted prompt has {corrupt.Length} tokens, the clean one {clean.Length}; they must have the same length");
+        int? answer = InterpCommands.TokenOption(a, model, "--answer");
+        int? wrong = InterpCommands.TokenOption(a, model, "--wrong");
+        return (clean, corrupt, answer, wrong);
+    }
 
     static int Run(CliArgs a)
     {
@@ -58,12 +77,7 @@ public static class InterpPatchCommand
         SweepJournal.Validate(a);
         using var model = Common.LoadModel(a);
         ActivationPatching.CheckExists(model.Config, options.Activation);
-        var clean = Common.InputTokens(a, model, "--clean-prompt", "--clean-tokens");
-        var corrupt = Common.InputTokens(a, model, "--corrupt-prompt", "--corrupt-tokens");
-        if (clean.Length != corrupt.Length)
-            throw new UsageException($"--corrupt-tokens: the corrupted prompt has {corrupt.Length} tokens, the clean one {clean.Length}; they must have the same length");
-        int? answer = InterpCommands.TokenOption(a, model, "--answer");
-        int? wrong = InterpCommands.TokenOption(a, model, "--wrong");
+        var (clean, corrupt, answer, wrong) = PromptPair(a, model);
         using var session = InterpCommands.OpenSession(a, model, clean.Length);
         using var journal = SweepJournal.Open(a, model);
         var r = ActivationPatching.Run(session, clean, corrupt, answer, wrong, options with { Journal = journal });
