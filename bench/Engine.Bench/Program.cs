@@ -22,6 +22,7 @@ public static class Program
     public static int Main(string[] args)
     {
         if (args.Length > 0 && args[0] == "sweeps") return SweepBenchmarks.Run(args[1..]);   // not BenchmarkDotNet: see SweepBenchmarks
+        if (args.Length > 0 && args[0] == "gemv") return GemvBench.Run(args[1..]);           // matrix-vector from memory, vs a plain read
         bool isa = args.Contains("--isa");
         args = args.Where(a => a != "--isa").ToArray();
         var config = ManualConfig.Create(DefaultConfig.Instance)

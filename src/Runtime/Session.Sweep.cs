@@ -12,21 +12,25 @@ public readonly record struct LaneHook(HookKind Kind, int Layer, HookFn Fn);
 /// with <see cref="Hooks"/> firing on this lane only. <see cref="LastRowOnly"/>: only the last position's output is wanted
 /// (the returned logits), so the last layer computes every row's K/V but its attention, output projection and MLP for
 /// the last row only; the lane's and the session's hooks on that layer's taps from attn_scores on, and on ln_final, then
-/// see that one row (<see cref="Tap.Pos0"/> = T − 1).
+/// see that one row (<see cref="Tap.Pos0"/> = T − 1). <see cref="FromZ"/>: the lane writes nothing at its first layer
+/// before <c>attn.hook_z</c>, so that layer's attention (ln1, q/k/v, scores, pattern) is the base run's: the lane starts
+/// at the base's z rows of that layer (its z hooks then fire on them) and skips the rest. Honoured only when the session
+/// has no hook of its own at that layer before z (otherwise the lane runs the whole layer).
 /// </summary>
-public readonly record struct SweepLane(SweepBase Base, int FirstLayer, int FromRow, IReadOnlyList<LaneHook>? Hooks = null, bool LastRowOnly = false);
+public readonly record struct SweepLane(SweepBase Base, int FirstLayer, int FromRow, IReadOnlyList<LaneHook>? Hooks = null, bool LastRowOnly = false, bool FromZ = false);
 
 /// <summary>
 /// The states of one run that a patched run can reuse (<see cref="Session.CaptureBase"/>): the residual stream entering
 /// every layer (<c>blocks.L.hook_resid_pre</c> before its hooks fire, L = 0 .. n_layers - 1, and the final residual as
-/// layer n_layers) for every position, and every layer's K/V cache rows. Held in buffers of the session's backend (device
+/// layer n_layers) for every position, every layer's K/V cache rows, and every layer's z (<c>attn.hook_z</c> before its
+/// hooks fire). Held in buffers of the session's backend (device
 /// memory on a GPU); dispose it to free them.
 /// </summary>
 public sealed class SweepBase : IDisposable
 {
     internal readonly Session Owner;
     internal readonly IDeviceBuffer Buffer;
-    readonly int _layers, _dModel, _kvDim;
+    readonly int _layers, _dModel, _kvDim, _qDim;
     /// <summary>The tokens of the run.</summary>
     public int[] Tokens { get; }
     public int Length => Tokens.Length;
@@ -40,9 +44,9 @@ public sealed class SweepBase : IDisposable
         Owner = owner;
         Tokens = tokens;
         var c = owner.Config;
-        _layers = c.NLayers; _dModel = c.DModel; _kvDim = c.KvDim;
+        _layers = c.NLayers; _dModel = c.DModel; _kvDim = c.KvDim; _qDim = c.QDim;
         long T = tokens.Length;
-        Buffer = owner.Backend.Allocate((_layers + 1) * T * _dModel + 2L * _layers * T * _kvDim);
+        Buffer = owner.Backend.Allocate((_layers + 1) * T * _dModel + 2L * _layers * T * _kvDim + _layers * T * _qDim);
     }
 
     /// <summary>Residual rows [row0, row0 + rows) entering layer l (l = n_layers: the final residual).</summary>
@@ -53,6 +57,10 @@ public sealed class SweepBase : IDisposable
     internal DeviceSpan Cache(bool v, int layer, int row0, int rows) =>
         new(Buffer, (_layers + 1L) * Length * _dModel + (((v ? _layers : 0) + (long)layer) * Length + row0) * _kvDim, rows * _kvDim);
 
+    /// <summary>z rows [row0, row0 + rows) of layer l ([T, H, d] per layer).</summary>
+    internal DeviceSpan Z(int layer, int row0, int rows) =>
+        new(Buffer, (_layers + 1L) * Length * _dModel + 2L * _layers * Length * _kvDim + ((long)layer * Length + row0) * _qDim, rows * _qDim);
+
     public void Dispose() => Buffer.Dispose();
 }
 
@@ -62,6 +70,7 @@ public sealed partial class Session
     Workspace? _sweep;
     Lane[] _sweepLanes = [];
     int[] _sortKeys = [];
+    bool[] _laneFromZ = [];
     float[] _hostLaneLogits = [];
 
     /// <summary>Bytes of the sweep workspace currently held (0 when none).</summary>
@@ -112,6 +121,16 @@ public sealed partial class Session
     }
 
     void CaptureResid(int layer, DeviceSpan resid) => Backend.Copy(resid, _capture!.Resid(layer, 0, _capture.Length));
+
+    void CaptureZ(int layer, DeviceSpan z) => Backend.Copy(z, _capture!.Z(layer, 0, _capture.Length));
+
+    /// <summary>Whether the session has a hook at layer l on a tap computed before z (which a lane starting at z would skip).</summary>
+    bool SessionHooksBeforeZ(int l)
+    {
+        for (var k = HookKind.ResidPre; k < HookKind.Z; k++)
+            if (Hooks.Has(k, l)) return true;
+        return false;
+    }
 
     void CheckBase(SweepBase b, int firstLayer, int fromRow, string what)
     {
@@ -197,6 +216,8 @@ public sealed partial class Session
                         throw new ArgumentException($"RunLanes: lane {i}: hook {h.Kind} at layer {h.Layer} never fires in a lane");
                     if (!HookPoints.Exists(c, h.Kind)) throw new ArgumentException($"RunLanes: lane {i}: this {c.ModelType} model has no {h.Kind} tap");
                     attnTaps |= h.Kind is HookKind.AttnScores or HookKind.Pattern;
+                    if (ln.FromZ && h.Layer == ln.FirstLayer && h.Kind < HookKind.Z)
+                        throw new ArgumentException($"RunLanes: lane {i} starts at z of layer {h.Layer} but has a hook on {h.Kind} there, which would never fire");
                 }
             }
         }
@@ -210,13 +231,17 @@ public sealed partial class Session
         }
         if (_sweepLanes.Length < B) { _sweepLanes = new Lane[B]; _sortKeys = new int[B]; }
 
-        // Lanes sorted by first layer (stable), so the lanes of a layer are a prefix and their rows one block.
+        // Lanes sorted by first layer (stable), those starting at z after the others of their layer, so the lanes of a
+        // layer are a prefix and their rows one block, and the lanes that skip its attention are that block's tail.
         var order = _sortKeys.AsSpan(0, B);
         for (int i = 0; i < B; i++) order[i] = i;
+        var fromZ = _laneFromZ.Length >= B ? _laneFromZ : (_laneFromZ = new bool[B]);
+        for (int i = 0; i < B; i++)
+            fromZ[i] = lanes[i].FromZ && lanes[i].FirstLayer < c.NLayers && !SessionHooksBeforeZ(lanes[i].FirstLayer);
         for (int i = 1; i < B; i++)
         {
-            int x = order[i], j = i - 1;
-            while (j >= 0 && lanes[order[j]].FirstLayer > lanes[x].FirstLayer) { order[j + 1] = order[j]; j--; }
+            int x = order[i], j = i - 1, keyX = 2 * lanes[x].FirstLayer + (fromZ[x] ? 1 : 0);
+            while (j >= 0 && 2 * lanes[order[j]].FirstLayer + (fromZ[order[j]] ? 1 : 0) > keyX) { order[j + 1] = order[j]; j--; }
             order[j + 1] = x;
         }
         var ws = _sweep;
@@ -226,10 +251,15 @@ public sealed partial class Session
         {
             var ln = lanes[order[i]];
             int T = ln.Base.Length, rows = T - ln.FromRow;
-            _sweepLanes[i] = new Lane { Row0 = row, Rows = rows, Pos0 = ln.FromRow, FirstLayer = ln.FirstLayer, Cache = i, Order = order[i], Hooks = ln.Hooks, LastRowOnly = ln.LastRowOnly };
+            bool z = fromZ[order[i]];
+            _sweepLanes[i] = new Lane
+            {
+                Row0 = row, Rows = rows, Pos0 = ln.FromRow, FirstLayer = ln.FirstLayer, Cache = i, Order = order[i], Hooks = ln.Hooks,
+                LastRowOnly = ln.LastRowOnly, FromZ = z, ZFrom = z ? ln.Base.Z(ln.FirstLayer, ln.FromRow, rows) : default,
+            };
             b.Copy(ln.Base.Resid(ln.FirstLayer, ln.FromRow, rows), ws.Span(ws.Resid, (long)row * D, rows * D));
             if (ln.FromRow > 0)
-                for (int l = ln.FirstLayer; l < c.NLayers; l++)
+                for (int l = ln.FirstLayer + (z ? 1 : 0); l < c.NLayers; l++)   // a lane from z does not attend at its first layer
                 {
                     b.Copy(ln.Base.Cache(false, l, 0, ln.FromRow), ws.CacheRows(ws.KCache, i, l, 0, ln.FromRow));
                     b.Copy(ln.Base.Cache(true, l, 0, ln.FromRow), ws.CacheRows(ws.VCache, i, l, 0, ln.FromRow));
@@ -263,7 +293,7 @@ public sealed partial class Session
         }
         finally
         {
-            for (int i = 0; i < B; i++) _sweepLanes[i].Hooks = null;
+            for (int i = 0; i < B; i++) { _sweepLanes[i].Hooks = null; _sweepLanes[i].ZFrom = default; }
             _ws = _main;
             _lanes = _mainLane;
             _laneCount = 1;

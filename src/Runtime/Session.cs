@@ -78,6 +78,9 @@ public sealed partial class Session : IDisposable
         public IReadOnlyList<LaneHook>? Hooks;
         /// <summary>From the last layer's attention on, only the lane's last row is computed (its K/V rows all are).</summary>
         public bool LastRowOnly;
+        /// <summary>At its first layer the lane starts at z: ZFrom holds its z rows ([Rows, H, d], the base run's).</summary>
+        public bool FromZ;
+        public DeviceSpan ZFrom;
     }
 
     public Session(Model model, SessionOptions? options = null)
@@ -192,17 +195,22 @@ public sealed partial class Session : IDisposable
         _lastRowOnly = false;
     }
 
-    /// <summary>Lanes taking part in layer l: a prefix of the lanes, which are sorted by first layer.</summary>
-    int ActiveLanes(int l)
+    /// <summary>
+    /// Lanes taking part in layer l: a prefix of the lanes, which are sorted by first layer. Of them, the first nFull run
+    /// the layer's attention; the rest (lanes joining here from z, sorted last) start at its z.
+    /// </summary>
+    int ActiveLanes(int l, out int nFull)
     {
         int n = 0;
         while (n < _laneCount && _lanes[n].FirstLayer <= l) n++;
+        nFull = n;
+        while (nFull > 0 && _lanes[nFull - 1].FromZ && _lanes[nFull - 1].FirstLayer == l) nFull--;
         return n;
     }
 
     void Block(int l)
     {
-        int nA = ActiveLanes(l);
+        int nA = ActiveLanes(l, out int nFull);
         if (nA == 0) return;
         var c = Config;
         var w = Model.Weights.Layers[l];
@@ -210,17 +218,18 @@ public sealed partial class Session : IDisposable
         var ws = _ws;
         int D = c.DModel;
         int T = _lanes[nA - 1].Row0 + _lanes[nA - 1].Rows;            // rows of the active lanes
+        int tFull = nFull == 0 ? 0 : _lanes[nFull - 1].Row0 + _lanes[nFull - 1].Rows;   // rows that run the attention
         var resid = ws.Span(ws.Resid, 0, T * D);
         if (_capture != null) CaptureResid(l, resid);
-        Fire(HookKind.ResidPre, l, resid, nA, D);
+        Fire(HookKind.ResidPre, l, resid, nFull, D);
 
-        var ln1 = ws.Span(ws.Ln1Norm, 0, T * D);
-        var ln1Scale = ws.Span(ws.Ln1Scale, 0, T);
-        Norm(resid, T, w.Ln1Weight, w.Ln1Bias, ln1, ln1Scale);
-        Fire(HookKind.Ln1Scale, l, ln1Scale, nA, 1);
-        Fire(HookKind.Ln1Normalized, l, ln1, nA, D);
+        var ln1 = ws.Span(ws.Ln1Norm, 0, tFull * D);
+        var ln1Scale = ws.Span(ws.Ln1Scale, 0, tFull);
+        if (tFull > 0) Norm(resid, tFull, w.Ln1Weight, w.Ln1Bias, ln1, ln1Scale);
+        Fire(HookKind.Ln1Scale, l, ln1Scale, nFull, 1);
+        Fire(HookKind.Ln1Normalized, l, ln1, nFull, D);
 
-        var attnOut = Attention(l, w, ref T, nA, ln1);                // [T, D] (T shrinks when lanes keep only their last row)
+        var attnOut = Attention(l, w, ref T, nA, nFull, tFull, ln1);  // [T, D] (T shrinks when lanes keep only their last row)
         resid = ws.Span(ws.Resid, 0, T * D);
 
         var ln2 = ws.Span(ws.Ln2Norm, 0, T * D);
@@ -248,7 +257,7 @@ public sealed partial class Session : IDisposable
         Fire(HookKind.ResidPost, l, resid, nA, D);
     }
 
-    DeviceSpan Attention(int l, LayerWeights w, ref int T, int nA, DeviceSpan x)
+    DeviceSpan Attention(int l, LayerWeights w, ref int T, int nA, int nFull, int tFull, DeviceSpan x)
     {
         var c = Config;
         var b = Backend;
@@ -256,56 +265,62 @@ public sealed partial class Session : IDisposable
         int H = c.NHeads, K = c.NKvHeads, d = c.HeadDim, kvDim = c.KvDim, qDim = c.QDim;
         // One lane (an ordinary forward call): k/v are projected straight into its cache rows Pos0..; several lanes:
         // into a scratch [T, K, d], then each lane's rows are copied into its own cache.
+        // Only the first nFull lanes (tFull rows) run the projections and attention; lanes joining at this layer's z
+        // take their z rows from their base run.
         bool direct = _laneCount == 1;
-        var q = ws.Span(ws.Q, 0, T * qDim);                                     // [T, H, d]
-        DeviceSpan kNew, vNew;                                                  // [T, K, d]
+        var q = ws.Span(ws.Q, 0, tFull * qDim);                                 // [tFull, H, d]
+        DeviceSpan kNew, vNew;                                                  // [tFull, K, d]
         if (direct)
         {
-            kNew = ws.CacheRows(ws.KCache, _lanes[0].Cache, l, _lanes[0].Pos0, T);
-            vNew = ws.CacheRows(ws.VCache, _lanes[0].Cache, l, _lanes[0].Pos0, T);
+            kNew = ws.CacheRows(ws.KCache, _lanes[0].Cache, l, _lanes[0].Pos0, tFull);
+            vNew = ws.CacheRows(ws.VCache, _lanes[0].Cache, l, _lanes[0].Pos0, tFull);
         }
         else
         {
-            kNew = ws.Span(ws.KNew, 0, T * kvDim);
-            vNew = ws.Span(ws.VNew, 0, T * kvDim);
+            kNew = ws.Span(ws.KNew, 0, tFull * kvDim);
+            vNew = ws.Span(ws.VNew, 0, tFull * kvDim);
         }
-        if (c.QkvLayout == QkvLayout.Separate)
+        if (tFull == 0) { }
+        else if (c.QkvLayout == QkvLayout.Separate)
         {
-            b.MatMul(x, T, w.Q!, q);
-            b.MatMul(x, T, w.K!, kNew);
-            b.MatMul(x, T, w.V!, vNew);
+            b.MatMul(x, tFull, w.Q!, q);
+            b.MatMul(x, tFull, w.K!, kNew);
+            b.MatMul(x, tFull, w.V!, vNew);
         }
         else
         {
             int width = qDim + 2 * kvDim;
-            var qkv = ws.Span(ws.Qkv, 0, T * width);                            // [T, q+k+v]
-            b.MatMul(x, T, w.Qkv!, qkv);
-            b.SplitQkv(qkv, T, c.QkvLayout, H, K, d, q, kNew, vNew);
+            var qkv = ws.Span(ws.Qkv, 0, tFull * width);                        // [tFull, q+k+v]
+            b.MatMul(x, tFull, w.Qkv!, qkv);
+            b.SplitQkv(qkv, tFull, c.QkvLayout, H, K, d, q, kNew, vNew);
         }
-        Fire(HookKind.Q, l, q, nA, qDim);
-        Fire(HookKind.K, l, kNew, nA, kvDim);
-        Fire(HookKind.V, l, vNew, nA, kvDim);
+        Fire(HookKind.Q, l, q, nFull, qDim);
+        Fire(HookKind.K, l, kNew, nFull, kvDim);
+        Fire(HookKind.V, l, vNew, nFull, kvDim);
         if (_rope != null)
         {
             if (direct)
             {
-                b.Rope(q, T, H, d, _lanes[0].Pos0, _rope);
-                b.Rope(kNew, T, K, d, _lanes[0].Pos0, _rope);
+                if (tFull > 0)
+                {
+                    b.Rope(q, tFull, H, d, _lanes[0].Pos0, _rope);
+                    b.Rope(kNew, tFull, K, d, _lanes[0].Pos0, _rope);
+                }
             }
             else
-                for (int i = 0; i < nA; i++)
+                for (int i = 0; i < nFull; i++)
                 {
                     ref readonly var lane = ref _lanes[i];
                     b.Rope(q.Slice((long)lane.Row0 * qDim, lane.Rows * qDim), lane.Rows, H, d, lane.Pos0, _rope);
                     b.Rope(kNew.Slice((long)lane.Row0 * kvDim, lane.Rows * kvDim), lane.Rows, K, d, lane.Pos0, _rope);
                 }
-            Fire(HookKind.RotQ, l, q, nA, qDim);
-            Fire(HookKind.RotK, l, kNew, nA, kvDim);
+            Fire(HookKind.RotQ, l, q, nFull, qDim);
+            Fire(HookKind.RotK, l, kNew, nFull, kvDim);
         }
         var z = ws.Span(ws.Z, 0, T * qDim);                                     // [T, H, d]
         bool sessionAttnTaps = Hooks.Has(HookKind.AttnScores, l) || Hooks.Has(HookKind.Pattern, l);
         bool trim = _lastRowOnly && l == Config.NLayers - 1;
-        for (int i = 0; i < nA; i++)
+        for (int i = 0; i < nFull; i++)
         {
             ref readonly var lane = ref _lanes[i];
             if (!direct)
@@ -335,6 +350,12 @@ public sealed partial class Session : IDisposable
             }
             else b.Attention(qLane, kAll, vAll, shape, zLane);
         }
+        for (int i = nFull; i < nA; i++)
+        {
+            ref readonly var lane = ref _lanes[i];
+            b.Copy(lane.ZFrom, z.Slice((long)lane.Row0 * qDim, lane.Rows * qDim));
+        }
+        if (_capture != null) CaptureZ(l, z);
         if (trim)
         {
             T = KeepLastRows(nA, z);

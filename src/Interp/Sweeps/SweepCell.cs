@@ -23,6 +23,11 @@ public sealed record SweepOptions
     /// last position's logits are measured; patches there at other positions, which cannot reach it, are skipped.
     /// </summary>
     public bool LastRowOnly { get; init; } = true;
+    /// <summary>
+    /// A cell that writes nothing at its first layer before <c>attn.hook_z</c> (z, attn_out, the MLP, ...) starts at that
+    /// layer's z, taken from the base run: the layer's norm, q/k/v projections and attention are not run again.
+    /// </summary>
+    public bool StartAtZ { get; init; } = true;
     /// <summary>Called with every cell the fast path schedules, before it runs (tests check where cells start).</summary>
     public Action<SweepCell>? OnCell { get; init; }
     /// <summary>

@@ -54,7 +54,8 @@ public static class SweepRunner
     /// <summary>
     /// The lane of a cell. Only the last position is measured, so with <see cref="SweepOptions.LastRowOnly"/> the last
     /// layer runs its attention, projection and MLP on the last row only, and the cell's writes there at other positions
-    /// (which cannot reach the last row) are left out; a write there at every position keeps the whole layer.
+    /// (which cannot reach the last row) are left out; a write there at every position keeps the whole layer. A cell
+    /// that writes nothing at its first layer before z starts at that layer's z (<see cref="SweepOptions.StartAtZ"/>).
     /// </summary>
     static SweepLane Lane(Engine.Loader.ModelConfig c, SweepCell cell, SweepOptions options)
     {
@@ -71,7 +72,9 @@ public static class SweepRunner
             hooks.Add(hook);
         }
         if (!lastRowOnly) hooks = cell.Hooks.ToList();
-        return new SweepLane(cell.Base, cell.FirstLayer, cell.FromRow, hooks, lastRowOnly);
+        // Nothing written at the first layer before z: that layer's attention is the base run's, start at its z.
+        bool fromZ = options.StartAtZ && hooks.TrueForAll(h => h.Layer != cell.FirstLayer || h.Kind >= HookKind.Z);
+        return new SweepLane(cell.Base, cell.FirstLayer, cell.FromRow, hooks, lastRowOnly, fromZ);
     }
 
     /// <summary>Workspace floats per stacked row, in bytes (the activation slots of one row).</summary>

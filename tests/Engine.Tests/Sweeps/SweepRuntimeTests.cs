@@ -171,6 +171,57 @@ public class SweepRuntimeTests
 
     [Theory]
     [MemberData(nameof(FamilyBackends))]
+    public void LanesStartingAtZEqualTheWholeLayer(string fixture, string backend)
+    {
+        var (model, s) = RuntimeInvariantTests.Open(fixture, backend);
+        using (model) using (s)
+        {
+            var c = model.Config;
+            int V = c.VocabSize, N = c.NLayers, d = c.HeadDim;
+            using var b1 = s.CaptureBase(Tokens);
+            using var b2 = s.CaptureBase(Other[..6]);
+            var lanes = new List<SweepLane>();
+            var want = new List<float[]>();
+            var rng = new Random(5);
+            for (int i = 0; i < 12; i++)
+            {
+                var b = i % 3 == 2 ? b2 : b1;
+                int first = rng.Next(N), from = rng.Next(b.Length), head = i % c.NHeads;
+                var kind = (i % 3) switch { 0 => HookKind.Z, 1 => HookKind.AttnOut, _ => HookKind.MlpOut };
+                var fn = kind == HookKind.Z
+                    ? new HookFn(tap => { for (int r = 0; r < tap.Shape.D0; r++) tap.Row(r).Slice(head * d, d).Clear(); })
+                    : SetRow(Math.Min(b.Length - 1, from + i % 2), 0.25f * (i + 1));
+                // Half start at z, half run the whole first layer: both kinds share the passes and layers.
+                lanes.Add(new SweepLane(b, first, from, [new LaneHook(kind, first, fn)], LastRowOnly: i % 4 == 1, FromZ: i % 2 == 0));
+                using (s.Hooks.Add(kind, first, fn)) want.Add(s.RunFrom(b, first, from).ToArray());
+            }
+            var got = s.RunLanes(lanes.ToArray()).ToArray();
+            for (int i = 0; i < lanes.Count; i++)
+                Close(got.AsSpan(i * V, V), want[i], $"{fixture}/{backend}: lane {i} (first layer {lanes[i].FirstLayer}, row {lanes[i].FromRow}, from z {lanes[i].FromZ})");
+            // Every lane from z at one layer (no lane runs that layer's attention), and a single lane from z.
+            var allZ = lanes.Select(x => x with { FirstLayer = N - 1, FromZ = true, Hooks = [new LaneHook(x.Hooks![0].Kind, N - 1, x.Hooks[0].Fn)] }).ToArray();
+            var gotZ = s.RunLanes(allZ).ToArray();
+            for (int i = 0; i < allZ.Length; i++)
+            {
+                float[] w;
+                using (s.Hooks.Add(allZ[i].Hooks![0].Kind, N - 1, allZ[i].Hooks![0].Fn)) w = s.RunFrom(allZ[i].Base, N - 1, allZ[i].FromRow).ToArray();
+                Close(gotZ.AsSpan(i * V, V), w, $"{fixture}/{backend}: all from z, lane {i}");
+                if (i == 0) Close(s.RunLanes([allZ[0]]), w, $"{fixture}/{backend}: one lane from z");
+            }
+            // A session hook before z at the lane's first layer must fire on it: the lane then runs the whole layer.
+            HookFn scaleQ = tap => { foreach (ref var x in tap.Data) x *= 0.5f; };
+            using (s.Hooks.Add(HookKind.Q, 0, scaleQ))
+            {
+                var lane = lanes[0] with { FirstLayer = 0, Hooks = [new LaneHook(lanes[0].Hooks![0].Kind, 0, lanes[0].Hooks![0].Fn)] };
+                float[] w;
+                using (s.Hooks.Add(lane.Hooks![0].Kind, 0, lane.Hooks[0].Fn)) w = s.RunFrom(lane.Base, 0, lane.FromRow).ToArray();
+                Close(s.RunLanes([lane, lanes[1]])[..V], w, $"{fixture}/{backend}: from z with a session hook on q");
+            }
+        }
+    }
+
+    [Theory]
+    [MemberData(nameof(FamilyBackends))]
     public void LaneHooksOnThePatternMaterialiseOnlyTheirLane(string fixture, string backend)
     {
         var (model, s) = RuntimeInvariantTests.Open(fixture, backend);
@@ -244,6 +295,8 @@ public class SweepRuntimeTests
             Assert.Throws<ArgumentException>(() => s2.RunFrom(b, 0, 0));
             Assert.Throws<ArgumentException>(() => s.RunLanes([new SweepLane(b, 0, 0, [new LaneHook(HookKind.Embed, -1, _ => { })])]));
             Assert.Throws<ArgumentException>(() => s.RunLanes(ReadOnlySpan<SweepLane>.Empty));
+            // A lane starting at z cannot carry a hook on a tap its first layer no longer computes.
+            Assert.Throws<ArgumentException>(() => s.RunLanes([new SweepLane(b, 1, 0, [new LaneHook(HookKind.Q, 1, _ => { })], FromZ: true)]));
         }
     }
 }
