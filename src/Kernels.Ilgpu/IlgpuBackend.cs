@@ -57,7 +57,6 @@ public sealed class IlgpuBackend : IBackend, IDeviceInterventions
     readonly ConditionalWeakTable<RopeTable, RopeCopy> _ropes = new();
     readonly List<IDisposable> _owned = [];
     MemoryBuffer1D<int, Stride1D.Dense>? _ids;
-    IlgpuBuffer? _attnScratch;
     bool _disposed;
 
     public IlgpuBackend(IlgpuDevice device, string? name = null)
@@ -94,8 +93,17 @@ public sealed class IlgpuBackend : IBackend, IDeviceInterventions
     public IDeviceBuffer Allocate(long floats)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
-        return new IlgpuBuffer(_dev, floats);
+        var b = new IlgpuBuffer(_dev, floats);
+        AllocatedBytes += 4 * Math.Max(1, floats);
+        return b;
     }
+
+    /// <summary>
+    /// Device bytes this backend has allocated so far (never decreases): buffers from <see cref="Allocate"/>, weight
+    /// copies, vectors and RoPE tables, the token-id buffer. Every device allocation of the backend goes through it; a
+    /// test checks that attention allocates nothing.
+    /// </summary>
+    public long AllocatedBytes { get; private set; }
 
     public Span<float> HostView(DeviceSpan s) =>
         throw new NotSupportedException($"{Name}: device memory has no host view (IsHost is false); use Download");
@@ -152,6 +160,7 @@ public sealed class IlgpuBackend : IBackend, IDeviceInterventions
             case DType.F16:
             {
                 var m = _acc.Allocate1D<Half>(Math.Max(1, n));
+                AllocatedBytes += 2 * Math.Max(1, n);
                 if (n > 0) m.View.AsContiguous().CopyFromCPU(ref Unsafe.AsRef<Half>(t.Data), n);
                 buf = m; h = m.View.AsContiguous(); dtype = 1;
                 break;
@@ -159,6 +168,7 @@ public sealed class IlgpuBackend : IBackend, IDeviceInterventions
             case DType.BF16:
             {
                 var m = _acc.Allocate1D<ushort>(Math.Max(1, n));
+                AllocatedBytes += 2 * Math.Max(1, n);
                 if (n > 0) m.View.AsContiguous().CopyFromCPU(ref Unsafe.AsRef<ushort>(t.Data), n);
                 buf = m; b = m.View.AsContiguous(); dtype = 2;
                 break;
@@ -166,6 +176,7 @@ public sealed class IlgpuBackend : IBackend, IDeviceInterventions
             case DType.F32:
             {
                 var m = _acc.Allocate1D<float>(Math.Max(1, n));
+                AllocatedBytes += 4 * Math.Max(1, n);
                 if (n > 0) m.View.AsContiguous().CopyFromCPU(ref Unsafe.AsRef<float>(t.Data), n);
                 buf = m; f = m.View.AsContiguous(); dtype = 0;
                 break;
@@ -174,6 +185,7 @@ public sealed class IlgpuBackend : IBackend, IDeviceInterventions
             {
                 // F64 checkpoints (rare): the one dtype widened (narrowed) on the host.
                 var m = _acc.Allocate1D<float>(Math.Max(1, n));
+                AllocatedBytes += 4 * Math.Max(1, n);
                 var tmp = t.ToFloatArray();
                 fixed (float* p = tmp) if (n > 0) m.View.AsContiguous().CopyFromCPU(ref *p, n);
                 buf = m; f = m.View.AsContiguous(); dtype = 0;
@@ -190,6 +202,7 @@ public sealed class IlgpuBackend : IBackend, IDeviceInterventions
     unsafe MemoryBuffer1D<float, Stride1D.Dense> NewBuffer(float[] a)
     {
         var m = _acc.Allocate1D<float>(Math.Max(1, a.Length));
+        AllocatedBytes += 4L * Math.Max(1, a.Length);
         fixed (float* p = a) if (a.Length > 0) m.View.AsContiguous().CopyFromCPU(ref *p, a.Length);
         return m;
     }
@@ -213,6 +226,7 @@ public sealed class IlgpuBackend : IBackend, IDeviceInterventions
             _acc.Synchronize();
             _ids?.Dispose();
             _ids = _acc.Allocate1D<int>(Math.Max(64, ids.Length));
+            AllocatedBytes += 4L * Math.Max(64, ids.Length);
         }
         var view = _ids.View.AsContiguous().SubView(0, ids.Length);
         _acc.Synchronize();   // the previous gather may still read the ids
@@ -348,19 +362,18 @@ public sealed class IlgpuBackend : IBackend, IDeviceInterventions
         _dev.K.Mix(Flat(n), V(pattern).SubView(0, s.Heads * s.Rows * s.Keys), V(v).SubView(0, s.Keys * s.KvHeads * s.HeadDim), V(z).SubView(0, n), Dims(s));
     }
 
+    /// <summary>
+    /// The fused op: online-softmax (flash) attention, a warp per (head, row), <see cref="Tuning.AttnWarps"/> warps per
+    /// group. It allocates nothing: z is the accumulator, the key tile sits in shared memory. Its z agrees with the three
+    /// steps within float rounding, not bit for bit (IKernels.Attention).
+    /// </summary>
     public void Attention(DeviceSpan q, DeviceSpan k, DeviceSpan v, in AttentionShape s, DeviceSpan z)
     {
-        int n = s.Heads * s.Rows * s.Keys;
-        if (n == 0 || s.HeadDim == 0) return;
-        if (_attnScratch == null || _attnScratch.Length < 2L * n)
-        {
-            _acc.Synchronize();   // a queued attention may still use the old scratch
-            _attnScratch?.Dispose();
-            _attnScratch = new IlgpuBuffer(_dev, Math.Max(2L * n, 4096));
-        }
-        int kv = s.Keys * s.KvHeads * s.HeadDim;
-        _dev.K.Fused(Rows(s.Heads * s.Rows), V(q).SubView(0, s.Rows * s.Heads * s.HeadDim), V(k).SubView(0, kv), V(v).SubView(0, kv),
-            _attnScratch.View(0, n), _attnScratch.View(n, n), V(z).SubView(0, s.Rows * s.Heads * s.HeadDim), Dims(s));
+        int rows = s.Heads * s.Rows;
+        if (rows == 0 || s.HeadDim == 0) return;
+        int kv = s.Keys * s.KvHeads * s.HeadDim, qz = s.Rows * s.Heads * s.HeadDim, warps = _tune.AttnWarps;
+        _dev.K.Flash(new KernelConfig((rows + warps - 1) / warps, warps * AttentionKernels.Lanes),
+            V(q).SubView(0, qz), V(k).SubView(0, kv), V(v).SubView(0, kv), V(z).SubView(0, qz), Dims(s));
     }
 
     public void Activation(ActivationKind kind, DeviceSpan x, DeviceSpan y)
@@ -416,6 +429,5 @@ public sealed class IlgpuBackend : IBackend, IDeviceInterventions
         foreach (var d in _owned) d.Dispose();
         _owned.Clear();
         _ids?.Dispose();
-        _attnScratch?.Dispose();
     }
 }

@@ -12,13 +12,14 @@ namespace Engine.Kernels.Ilgpu;
 /// <summary>
 /// Launch shapes of the kernels on one accelerator. The kernels are correct for any of them (tiles, warps and rows per
 /// warp are kernel parameters); they trade parallelism against synchronisation. On CUDA: 16x16-thread matmul groups
-/// (64x64 tiles), one warp per decode row. On ILGPU's CPU accelerator every thread of a group is an OS thread and a
-/// barrier costs about 0.5 ms, so groups stay at one warp and a decode warp owns 32 rows (one barrier per 32 rows).
+/// (64x64 tiles), one warp per decode row, 4 flash-attention warps per group. On ILGPU's CPU accelerator every thread
+/// of a group is an OS thread and a barrier costs about 0.5 ms, so groups stay at one warp and a decode warp owns 32
+/// rows (one barrier per 32 rows).
 /// </summary>
-public sealed record Tuning(int TileX, int TileY, int GemvWarps, int GemvRowsPerWarp, int GemvInWarps, int FlatGroup, int FlatMaxGroups)
+public sealed record Tuning(int TileX, int TileY, int GemvWarps, int GemvRowsPerWarp, int GemvInWarps, int FlatGroup, int FlatMaxGroups, int AttnWarps)
 {
-    public static readonly Tuning Cuda = new(16, 16, 8, 1, 8, 256, 1 << 16);
-    public static readonly Tuning Cpu = new(8, 4, 1, 32, 1, 32, 64);
+    public static readonly Tuning Cuda = new(16, 16, 8, 1, 8, 256, 1 << 16, 4);
+    public static readonly Tuning Cpu = new(8, 4, 1, 32, 1, 32, 64, 1);
 
     internal void Validate()
     {
@@ -26,6 +27,8 @@ public sealed record Tuning(int TileX, int TileY, int GemvWarps, int GemvRowsPer
             throw new ArgumentException($"matmul tile {TileX}x{TileY} threads: at most {MatMulKernels.MaxTile / 4} per side");
         if (GemvWarps * GemvRowsPerWarp > 32 || GemvWarps < 1 || GemvRowsPerWarp < 1 || GemvInWarps < 1 || GemvInWarps > 32)
             throw new ArgumentException("GEMV: warps x rows per warp must be at most 32");
+        if (AttnWarps < 1 || AttnWarps > AttentionKernels.FlashMaxWarps)
+            throw new ArgumentException($"flash attention: 1 to {AttentionKernels.FlashMaxWarps} warps per group");
     }
 }
 
@@ -273,8 +276,8 @@ public sealed class IlgpuDevice : IDisposable
             new(() => a.LoadStreamKernel<ArrayView<float>, ArrayView<float>, AttnDims>(AttentionKernels.SoftmaxKernel));
         readonly Lazy<Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttnDims>> _mix =
             new(() => a.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, AttnDims>(AttentionKernels.MixKernel));
-        readonly Lazy<Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttnDims>> _fused =
-            new(() => a.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttnDims>(AttentionKernels.FusedKernel));
+        readonly Lazy<Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttnDims>> _flash =
+            new(() => a.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttnDims>(AttentionKernels.FlashKernel));
 
         public Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<Half>, ArrayView<ushort>, ArrayView<float>, ArrayView<float>, MatMulDims,
             SpecializedValue<int>, SpecializedValue<int>, SpecializedValue<int>, SpecializedValue<int>> MatMul => _mm.Value;
@@ -296,7 +299,7 @@ public sealed class IlgpuDevice : IDisposable
         public Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttnDims> Scores => _scores.Value;
         public Action<KernelConfig, ArrayView<float>, ArrayView<float>, AttnDims> Softmax => _softmax.Value;
         public Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttnDims> Mix => _mix.Value;
-        public Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttnDims> Fused => _fused.Value;
+        public Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttnDims> Flash => _flash.Value;
     }
 
     /// <summary>
@@ -335,6 +338,6 @@ public sealed class IlgpuDevice : IDisposable
         typeof(AttentionKernels).GetMethod(nameof(AttentionKernels.ScoresKernel))!,
         typeof(AttentionKernels).GetMethod(nameof(AttentionKernels.SoftmaxKernel))!,
         typeof(AttentionKernels).GetMethod(nameof(AttentionKernels.MixKernel))!,
-        typeof(AttentionKernels).GetMethod(nameof(AttentionKernels.FusedKernel))!,
+        typeof(AttentionKernels).GetMethod(nameof(AttentionKernels.FlashKernel))!,
     ];
 }

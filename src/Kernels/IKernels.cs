@@ -38,8 +38,11 @@ public interface IKernels
     void AttentionMix(ReadOnlySpan<float> pattern, ReadOnlySpan<float> v, in AttentionShape s, Span<float> z);
 
     /// <summary>
-    /// The three steps above without materialising scores or pattern. Must give bit-identical z to running them
-    /// one after the other (a hook that changes nothing must not change the result).
+    /// The three steps above without materialising scores or pattern. On the host backends ("cpu-ref", "cpu") it gives
+    /// bit-identical z to running them one after the other, so a hook on scores or pattern that changes nothing changes
+    /// no bit of the result. A device backend may compute it differently and then documents how far it may differ: the
+    /// ILGPU backends run an online softmax (flash attention) whose z agrees with the three steps within float rounding
+    /// (the op grid's tolerance), not bit for bit.
     /// </summary>
     void Attention(ReadOnlySpan<float> q, ReadOnlySpan<float> k, ReadOnlySpan<float> v, in AttentionShape s, Span<float> z);
 

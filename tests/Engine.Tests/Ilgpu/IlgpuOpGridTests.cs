@@ -29,7 +29,8 @@ public sealed class IlgpuGridFixture : IDisposable
 
 /// <summary>
 /// The op grid (tests/Engine.Tests/Kernels/OpGrid.*.cs: every op x awkward shapes x dtypes, NaN/inf parity, the fused
-/// attention == three steps bitwise) on "ilgpu-cpu", with device-side guards (<see cref="GuardedDeviceKernels"/>).
+/// (flash) attention within tolerance of the three steps, NaN for NaN) on "ilgpu-cpu", with device-side guards
+/// (<see cref="GuardedDeviceKernels"/>).
 /// The default run takes every case but the largest matrix multiplies and 33-row attention (about 20 s); those run
 /// with the Slow trait, so that default + Slow = the whole grid. Filter: --filter "DisplayName~MatMul(rows=3".
 /// </summary>
@@ -77,7 +78,12 @@ public class IlgpuOpGridTests(IlgpuGridFixture fx) : IClassFixture<IlgpuGridFixt
                 || n.StartsWith("MatMul(rows=33,in=129,out=257,", StringComparison.Ordinal) && n.Contains("bias=false")
                 || n.StartsWith("MatMul(rows=15,in=300,out=70,", StringComparison.Ordinal)
                 || n == "MatMul(rows=1,in=300,out=70,dtype=BF16,layout=out-major,bias=true,weights=nonfinite)"
-                || n.StartsWith("Attention(rows=17,pos0=6,heads=4,kvHeads=2,headDim=33)", StringComparison.Ordinal)))
+                || n.StartsWith("Attention(rows=17,pos0=6,heads=4,kvHeads=2,headDim=33)", StringComparison.Ordinal)
+                // flash attention with 4 warps per group: long key ranges, a partial last group (6 and 8 warps), NaN/inf
+                || n == "Attention(rows=4,pos0=296,heads=4,kvHeads=2,headDim=64)"
+                || n == "Attention(rows=1,pos0=256,heads=8,kvHeads=1,headDim=128)"
+                || n == "Attention(rows=2,pos0=70,heads=3,kvHeads=1,headDim=160)"
+                || n == "Attention(rows=3,pos0=40,heads=4,kvHeads=2,headDim=33,values=nonfinite)"))
             .Select(c => new object[] { c.ToString() });
 
     [Theory]
@@ -100,6 +106,45 @@ public class IlgpuOpGridTests(IlgpuGridFixture fx) : IClassFixture<IlgpuGridFixt
             Assert.Contains(DefaultCases(), r => ((string)r[0]).Contains($"dtype={dt}"));
         Assert.Contains(CudaShapeCases(), r => ((string)r[0]).StartsWith("Attention(", StringComparison.Ordinal));
         Assert.True(CudaShapeCases().Count() >= 20);
+    }
+
+    /// <summary>
+    /// The fused attention is an online softmax: it allocates no device memory at all, so nothing that grows with
+    /// H·T·Tk (the kernel it replaced kept scores and pattern in a scratch of 2·H·T·Tk floats). AllocatedBytes counts
+    /// every device allocation of the backend; the three-step path, which the runtime gives arena buffers for scores
+    /// and pattern, is checked to agree.
+    /// </summary>
+    [Fact]
+    public void FusedAttentionAllocatesNoScratch()
+    {
+        using var b = new IlgpuBackend(IlgpuDevice.Cpu, IlgpuBackends.CpuName);
+        var s = new AttentionShape(Rows: 8, Pos0: 248, Heads: 8, KvHeads: 2, HeadDim: 16, Scale: 0.25f);    // H·T·Tk = 16384, 8 key tiles
+        var rng = new CaseRandom("flash scratch");
+        int qz = s.Rows * s.Heads * s.HeadDim, kv = s.Keys * s.KvHeads * s.HeadDim, n = s.Heads * s.Rows * s.Keys;
+        var q = new DeviceSpan(b.Allocate(qz), 0, qz);
+        var k = new DeviceSpan(b.Allocate(kv), 0, kv);
+        var v = new DeviceSpan(b.Allocate(kv), 0, kv);
+        var z = new DeviceSpan(b.Allocate(qz), 0, qz);
+        Assert.True(b.AllocatedBytes >= 4L * (2 * qz + 2 * kv), $"the counter missed the inputs: {b.AllocatedBytes} bytes");
+        b.Upload(rng.Normal(qz), q);
+        b.Upload(rng.Normal(kv), k);
+        b.Upload(rng.Normal(kv), v);
+        long before = b.AllocatedBytes;
+        b.Attention(q, k, v, s, z);
+        b.Synchronize();
+        Assert.Equal(before, b.AllocatedBytes);
+
+        var fused = new float[qz];
+        b.Download(z, fused);
+        var scores = new DeviceSpan(b.Allocate(n), 0, n);
+        var pattern = new DeviceSpan(b.Allocate(n), 0, n);
+        Assert.Equal(before + 4L * 2 * n, b.AllocatedBytes);
+        b.AttentionScores(q, k, s, scores);
+        b.AttentionSoftmax(scores, s, pattern);
+        b.AttentionMix(pattern, v, s, z);
+        var steps = new float[qz];
+        b.Download(z, steps);
+        Assert.Null(Verdict.Close("flash vs three steps", steps, fused, Tolerance.Default));
     }
 
     /// <summary>The device fences work: a kernel writing one float past its output, or changing an input, is reported.</summary>

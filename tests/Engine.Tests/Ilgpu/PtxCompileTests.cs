@@ -26,10 +26,17 @@ public class PtxCompileTests
         Assert.Contains(".version 8.4", ptx);
         Assert.Contains(".target sm_", ptx);
         Assert.Contains(".entry", ptx);
-        if (kernel.Contains("MatMulTiled") || kernel.Contains("Softmax") || kernel.Contains("Fused") || kernel.Contains("Norm"))
+        if (kernel.Contains("MatMulTiled") || kernel.Contains("Softmax") || kernel.Contains("Norm"))
         {
             Assert.Contains("bar.sync", ptx);
             Assert.Contains(".shared", ptx);
+        }
+        if (kernel.Contains("Flash"))
+        {
+            Assert.Contains("bar.warp.sync", ptx);   // warps of a group are independent: warp barriers only
+            Assert.DoesNotContain("bar.sync", ptx);
+            Assert.Contains(".shared", ptx);
+            Assert.Contains("ex2.approx.f32", ptx);
         }
         if (kernel.Contains("MatMul") || kernel.Contains("Gemv")) Assert.Contains("cvt.f32.f16", ptx);   // F16 widened in the kernel
     }

@@ -137,7 +137,8 @@ public sealed class OpRun(Func<IKernels, Buffer[]> run, IReadOnlyList<Buffer> in
 {
     public IReadOnlyList<Buffer> Inputs { get; } = inputs;
     public Buffer[] Run(IKernels k) => run(k);
-    /// <summary>A backend-internal invariant (fused attention == its three steps, bitwise); null when it holds.</summary>
+    /// <summary>A backend-internal invariant (fused attention == its three steps: bitwise on the host backends, within the
+    /// tolerance on ILGPU, see OpGrid.FusedAttentionIsOnline); null when it holds.</summary>
     public string? CheckInvariant(IKernels k, Buffer[] outputs) => invariant?.Invoke(k, outputs);
     public void Dispose() => resources?.Dispose();
 }

@@ -54,11 +54,15 @@ public class RuntimeInvariantTests
             var clean = s.Run(TokensA).ToArray();
             int calls = 0;
             // Every hook name, attn_scores/pattern included: attention runs as three materialised steps instead of fused.
+            // On the host backends the fused op is bit-identical to the three steps (IKernels.Attention), so the logits
+            // are too. The ILGPU backends' fused op is an online softmax (flash attention) that agrees with the three
+            // steps only within float rounding, so there a hook on scores or pattern may move the logits by rounding
+            // (bounded here by 1e-5 absolute); the hooks that leave attention fused must still change no bit (below).
             using (s.Hooks.AddWhere(_ => true, _ => calls++))
             {
                 Assert.Equal(HookPoints.All(model.Config).Count, s.Hooks.Count);
                 var hooked = s.Run(TokensA).ToArray();
-                Assert.True(BitIdentical(clean, hooked), $"{fixture}/{backend}: no-op hooks on every tap changed the logits: {FirstDifference(clean, hooked)}");
+                AssertSameAsFused(clean, hooked, backend, $"{fixture}/{backend}: no-op hooks on every tap changed the logits");
                 Assert.Equal(HookPoints.All(model.Config).Count, calls);
             }
             // Every hook but the attention ones: the fused path with taps around it.
@@ -72,11 +76,26 @@ public class RuntimeInvariantTests
             using (s.Hooks.AddWhere(_ => true, _ => { }))
             {
                 var hookedDecode = Decode(s, TokensA, 5);
-                Assert.True(BitIdentical(cleanDecode, hookedDecode), $"{fixture}/{backend}: no-op hooks changed KV-cache decoding: {FirstDifference(cleanDecode, hookedDecode)}");
+                AssertSameAsFused(cleanDecode, hookedDecode, backend, $"{fixture}/{backend}: no-op hooks changed KV-cache decoding");
             }
             var again = s.Run(TokensA).ToArray();
             Assert.True(BitIdentical(clean, again), $"{fixture}/{backend}: logits changed after the hooks were removed");
         }
+    }
+
+    /// <summary>
+    /// Logits of a run whose attention went through the three steps (a hook on scores or pattern) against the fused run:
+    /// bit for bit on the host backends; within 1e-5 absolute on the ILGPU backends, whose fused op is an online softmax.
+    /// </summary>
+    static void AssertSameAsFused(float[] fused, float[] threeSteps, string backend, string what)
+    {
+        if (!backend.StartsWith("ilgpu", StringComparison.Ordinal))
+        {
+            Assert.True(BitIdentical(fused, threeSteps), $"{what}: {FirstDifference(fused, threeSteps)}");
+            return;
+        }
+        double d = Compare.MaxAbsDiff(threeSteps, fused, out int at);
+        Assert.True(d <= 1e-5, $"{what} by more than rounding: max |diff| {d:G3} at [{at}]");
     }
 
     /// <summary>Forward(prefix) then one Forward per remaining token; returns the logits rows of all positions [T, V].</summary>
