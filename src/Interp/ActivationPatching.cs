@@ -123,17 +123,17 @@ public static class ActivationPatching
             throw new UsageException($"--act resid_mid: this {c.ModelType} model uses a parallel residual (x + attn(ln1(x)) + mlp(ln2(x))), so it has no resid_mid; use resid_pre, resid_post, attn_out or mlp_out");
     }
 
-    /// <summary>Runs <paramref name="tokens"/> with every site overwritten from <paramref name="source"/> (a cache of the other run); returns the last logits row.</summary>
+    /// <summary>
+    /// Runs <paramref name="tokens"/> with every site overwritten from <paramref name="source"/> (a cache of the other run);
+    /// returns the last logits row. The copies are interventions (Set blocks reading the cached tensor): on a GPU backend
+    /// they run as kernels and each cached tensor is uploaded once.
+    /// </summary>
     public static float[] RunPatched(Session session, int[] tokens, ActivationCache source, IReadOnlyList<Site> sites)
     {
-        var hooks = new List<(HookKind, int, HookFn)>();
+        var edits = new List<EditHook>();
         foreach (var group in sites.GroupBy(s => (s.Kind, s.Layer)))
-        {
-            var list = group.ToArray();
-            var src = source[HookPoints.Name(group.Key.Kind, group.Key.Layer)].Data;
-            hooks.Add((group.Key.Kind, group.Key.Layer, tap => { foreach (var s in list) s.CopyInto(tap, src); }));
-        }
-        return InterpMath.RunLast(session, tokens, hooks);
+            edits.Add(BlockList.CopySites(group.Key.Kind, group.Key.Layer, group.ToArray(), source[HookPoints.Name(group.Key.Kind, group.Key.Layer)].Data));
+        return InterpMath.RunLastEdited(session, tokens, edits);
     }
 
     /// <summary>

@@ -1,5 +1,6 @@
 using System.Globalization;
 using Engine.Interp.Sweeps;
+using Engine.Kernels;
 using Engine.Loader;
 using Engine.Runtime;
 
@@ -170,7 +171,7 @@ public static class CausalTrace
         if (!options.Sweep.Naive) return RunFast();
 
         long calls = 0;
-        double Prob(int s, List<(HookKind, int, HookFn)> restore)
+        double Prob(int s, List<EditHook> restore)
         {
             long key = calls++;
             if (options.Journal != null && options.Journal.TryGet(key, out double known)) { options.Progress?.Invoke(++done, total); return known; }
@@ -179,11 +180,11 @@ public static class CausalTrace
             return p;
         }
 
-        double ProbOf(int s, List<(HookKind, int, HookFn)> restore)
+        double ProbOf(int s, List<EditHook> restore)
         {
-            var hooks = new List<(HookKind, int, HookFn)> { (HookKind.Embed, -1, NoiseHook(noise, s, subjectPositions)) };
+            var hooks = new List<EditHook> { new(HookKind.Embed, -1, NoiseEdit(noise, s, subjectPositions)) };
             hooks.AddRange(restore);
-            var last = InterpMath.RunLast(session, tokens, hooks);
+            var last = InterpMath.RunLastEdited(session, tokens, hooks);
             options.Progress?.Invoke(++done, total);
             return InterpMath.Prob(last, tgt);
         }
@@ -201,13 +202,9 @@ public static class CausalTrace
                 var (a, b) = windowed ? WindowOf(l, options.Window, L) : (l, l + 1);
                 for (int t = 0; t < T; t++)
                 {
-                    var restore = new List<(HookKind, int, HookFn)>();
+                    var restore = new List<EditHook>();
                     for (int ll = a; ll < b; ll++)
-                    {
-                        var site = new Site(kind, ll, Position: t);
-                        var src = clean[HookPoints.Name(kind, ll)].Data;
-                        restore.Add((kind, ll, tap => site.CopyInto(tap, src)));
-                    }
+                        restore.Add(BlockList.CopySites(kind, ll, [new Site(kind, ll, Position: t)], clean[HookPoints.Name(kind, ll)].Data));
                     double sum = 0;
                     for (int s = 0; s < S; s++) sum += Prob(s, restore);
                     g[l, t] = sum / S;
@@ -268,7 +265,7 @@ public static class CausalTrace
                     continue;
                 }
                 SweepBase sample;
-                using (session.Hooks.Add(HookKind.Embed, -1, NoiseHook(noise, s, subjectPositions)))
+                using (session.Hooks.AddIntervention(HookKind.Embed, -1, NoiseEdit(noise, s, subjectPositions)))
                     sample = session.CaptureBase(tokens);
                 using (sample)
                 {
@@ -302,7 +299,27 @@ public static class CausalTrace
         }
     }
 
-    /// <summary>Adds noise[s][i] to hook_embed row subjectPositions[i].</summary>
+    /// <summary>
+    /// Adds noise[s][i] to hook_embed row subjectPositions[i], as intervention blocks (Add reading the noise table, which a
+    /// device backend uploads once): what <see cref="NoiseHook"/> does, with the same arithmetic (x + 1 · n = x + n).
+    /// </summary>
+    public static Func<TapCall, IEnumerable<DeviceIntervention>> NoiseEdit(TraceNoise noise, int sample, int[] subjectPositions)
+    {
+        int D = noise.DModel, n = subjectPositions.Length;
+        return call =>
+        {
+            var list = new BlockList();
+            for (int i = 0; i < n; i++)
+            {
+                int row = subjectPositions[i] - call.Pos0;
+                if (row < 0 || row >= call.Shape.D0) continue;
+                list.Piece(InterventionOp.Add, row, 0, D, noise.Data, (sample * n + i) * D, D);
+            }
+            return list;
+        };
+    }
+
+    /// <summary>Adds noise[s][i] to hook_embed row subjectPositions[i] (the host hook; the methods register <see cref="NoiseEdit"/>).</summary>
     public static HookFn NoiseHook(TraceNoise noise, int sample, int[] subjectPositions)
     {
         int D = noise.DModel, n = subjectPositions.Length;

@@ -1,4 +1,5 @@
 using Engine.Interp.Sweeps;
+using Engine.Kernels;
 using Engine.Loader;
 using Engine.Runtime;
 
@@ -204,7 +205,7 @@ public static class HeadAblation
                     long key = (long)runIndex * sources.Count + k;
                     if (options.Journal == null || !options.Journal.TryGet(key, out double m))
                     {
-                        m = metric.Of(InterpMath.RunLast(session, tokens, ResampleHooks(hs, ns, zs, ps, d)));
+                        m = metric.Of(InterpMath.RunLastEdited(session, tokens, ResampleHooks(hs, ns, zs, ps)));
                         options.Journal?.Record(key, m);
                     }
                     sum += m;
@@ -216,7 +217,7 @@ public static class HeadAblation
             {
                 if (options.Journal == null || !options.Journal.TryGet(runIndex, out logit))
                 {
-                    logit = metric.Of(InterpMath.RunLast(session, tokens, Hooks(hs, ns, zMean, postMean, d)));
+                    logit = metric.Of(InterpMath.RunLastEdited(session, tokens, Hooks(hs, ns, zMean, postMean, d)));
                     options.Journal?.Record(runIndex, logit);
                 }
                 options.Progress?.Invoke(++done, total);
@@ -295,28 +296,36 @@ public static class HeadAblation
         return list;
     }
 
-    /// <summary>The hooks that copy a source run's z (heads) and hook_post (neurons) at the same positions.</summary>
-    static List<(HookKind, int, HookFn)> ResampleHooks(HeadRef[] heads, NeuronRef[] neurons, float[][] zSrc, float[][] postSrc, int d)
+    /// <summary>
+    /// The edits that copy a source run's z (heads) and hook_post (neurons) at the same positions: Set blocks reading the
+    /// source tensors (interventions: kernels on a GPU backend).
+    /// </summary>
+    static List<EditHook> ResampleHooks(HeadRef[] heads, NeuronRef[] neurons, float[][] zSrc, float[][] postSrc)
     {
-        var hooks = new List<(HookKind, int, HookFn)>();
+        var hooks = new List<EditHook>();
         foreach (var g in heads.GroupBy(h => h.Layer))
-        {
-            var sites = g.Select(h => new Site(HookKind.Z, g.Key, Head: h.Head)).ToArray();
-            var src = zSrc[g.Key];
-            hooks.Add((HookKind.Z, g.Key, tap => { foreach (var s in sites) s.CopyInto(tap, src); }));
-        }
+            hooks.Add(BlockList.CopySites(HookKind.Z, g.Key, g.Select(h => new Site(HookKind.Z, g.Key, Head: h.Head)).ToArray(), zSrc[g.Key]));
         foreach (var g in neurons.GroupBy(n => n.Layer))
         {
             var idx = g.Select(n => n.Index).ToArray();
             var src = postSrc[g.Key];
-            hooks.Add((HookKind.MlpPost, g.Key, tap =>
+            hooks.Add(new EditHook(HookKind.MlpPost, g.Key, call =>
             {
-                int M = tap.Shape.D1;
-                for (int t = 0; t < tap.Shape.D0; t++)
-                    foreach (int i in idx) tap.Data[t * M + i] = src[t * M + i];
+                // row by row, the neurons in the given order (the order of the former host hook's writes)
+                int M = call.Shape.D1;
+                var list = new BlockList();
+                foreach (int i in idx) list.Piece(InterventionOp.Set, 0, i, 1, src, i, M);
+                ExtendRows(list, call.Shape.D0);
+                return list;
             }));
         }
         return hooks;
+    }
+
+    /// <summary>Makes each one-row block of <paramref name="list"/> cover rows 0 .. rows − 1 (the same columns on every row).</summary>
+    static void ExtendRows(BlockList list, int rows)
+    {
+        for (int k = 0; k < list.Count; k++) list[k] = list[k] with { RowCount = rows };
     }
 
     public static List<HeadRef> AllHeads(ModelConfig c)
@@ -333,31 +342,40 @@ public static class HeadAblation
         for (int i = 0; i < data.Length; i++) sum[i % width] += data[i];
     }
 
-    /// <summary>The hooks that ablate these heads (at hook_z) and neurons (at mlp.hook_post); means null = zero ablation.</summary>
-    static List<(HookKind, int, HookFn)> Hooks(HeadRef[] heads, NeuronRef[] neurons, float[][]? zMean, float[][]? postMean, int d)
+    /// <summary>
+    /// The edits that ablate these heads (at hook_z) and neurons (at mlp.hook_post) at every position; means null = zero
+    /// ablation, else Set blocks reading the mean (a head: its d values of the [H·d] mean; a neuron: one value of the
+    /// [d_mlp] mean). Interventions: kernels on a GPU backend, the former host hooks' writes on the CPU backends.
+    /// </summary>
+    static List<EditHook> Hooks(HeadRef[] heads, NeuronRef[] neurons, float[][]? zMean, float[][]? postMean, int d)
     {
-        var hooks = new List<(HookKind, int, HookFn)>();
+        var hooks = new List<EditHook>();
         foreach (var g in heads.GroupBy(h => h.Layer))
         {
-            var sites = g.Select(h => new Site(HookKind.Z, g.Key, Head: h.Head)).ToArray();
+            var hs = g.Select(h => h.Head).ToArray();
             var mean = zMean?[g.Key];
-            hooks.Add((HookKind.Z, g.Key, tap =>
+            hooks.Add(new EditHook(HookKind.Z, g.Key, call =>
             {
-                foreach (var s in sites)
-                    foreach (var (o, n, head) in s.Segments(tap.Shape))
-                        if (mean == null) tap.Data.Slice(o, n).Clear();
-                        else mean.AsSpan(head * d, d).CopyTo(tap.Data.Slice(o, n));
+                var list = new BlockList();
+                foreach (int h in hs)
+                    if (mean == null) list.Piece(InterventionOp.Zero, 0, h * d, d);
+                    else list.Piece(InterventionOp.Set, 0, h * d, d, mean, h * d, 0);
+                ExtendRows(list, call.Shape.D0);
+                return list;
             }));
         }
         foreach (var g in neurons.GroupBy(n => n.Layer))
         {
             var idx = g.Select(n => n.Index).ToArray();
             var mean = postMean?[g.Key];
-            hooks.Add((HookKind.MlpPost, g.Key, tap =>
+            hooks.Add(new EditHook(HookKind.MlpPost, g.Key, call =>
             {
-                int M = tap.Shape.D1;
-                for (int t = 0; t < tap.Shape.D0; t++)
-                    foreach (int i in idx) tap.Data[t * M + i] = mean?[i] ?? 0f;
+                var list = new BlockList();
+                foreach (int i in idx)
+                    if (mean == null) list.Piece(InterventionOp.Zero, 0, i, 1);
+                    else list.Piece(InterventionOp.Set, 0, i, 1, mean, i, 0);
+                ExtendRows(list, call.Shape.D0);
+                return list;
             }));
         }
         return hooks;

@@ -114,4 +114,22 @@ public static class InterpMath
             foreach (var h in handles) h.Dispose();
         }
     }
+
+    /// <summary>
+    /// Runs tokens with the given edits registered as interventions (removed afterwards; on a GPU backend they run as
+    /// kernels, no tap is copied to the host); returns a copy of the last logits row.
+    /// </summary>
+    public static float[] RunLastEdited(Session s, ReadOnlySpan<int> tokens, IEnumerable<EditHook> edits)
+    {
+        var handles = new List<IDisposable>();
+        try
+        {
+            foreach (var e in edits) handles.Add(e.Register(s));
+            return LastRow(s.Run(tokens), s.Config.VocabSize).ToArray();
+        }
+        finally
+        {
+            foreach (var h in handles) h.Dispose();
+        }
+    }
 }

@@ -1,3 +1,4 @@
+using Engine.Kernels;
 using Engine.Loader;
 using Engine.Runtime;
 
@@ -8,6 +9,12 @@ namespace Engine.Interp;
 /// handle; dispose it to remove the edit). Works for full runs and for generation through the KV cache: positions are
 /// absolute (tap.Pos0 + row). Positions below <see cref="PromptLength"/> are the prompt; later ones are generated tokens,
 /// edited only with <see cref="AlsoGenerated"/>. <see cref="Positions"/> null = every prompt position.
+/// <para>
+/// An edit with a device form (<see cref="HasDeviceForm"/>: scale/set, steering) registers as an intervention resolved
+/// per call (<see cref="Blocks"/>), so on a GPU backend it runs as a kernel and its tap is not copied to the host; on
+/// the CPU backends it is the same float arithmetic as its host hook. Others (the direction edit, which needs a per-row
+/// dot product) register as host hooks.
+/// </para>
 /// </summary>
 public abstract class Intervention
 {
@@ -34,7 +41,22 @@ public abstract class Intervention
     public IDisposable Register(Session session)
     {
         Validate(session.Config);
-        return session.Hooks.Add(Kind, Layer, Apply);
+        return HasDeviceForm ? session.Hooks.AddIntervention(Kind, Layer, Blocks) : session.Hooks.Add(Kind, Layer, Apply);
+    }
+
+    /// <summary>Whether the edit is a set of <see cref="DeviceIntervention"/> blocks per call (<see cref="Blocks"/>).</summary>
+    public virtual bool HasDeviceForm => false;
+
+    /// <summary>The edit of one call of its tap as intervention blocks (only when <see cref="HasDeviceForm"/>).</summary>
+    public virtual IReadOnlyList<DeviceIntervention> Blocks(TapCall call) =>
+        throw new NotSupportedException($"{GetType().Name} has no device form");
+
+    /// <summary>Applies <see cref="Blocks"/> of the tap's call to the tap (their host definition).</summary>
+    protected void ApplyBlocks(Tap tap)
+    {
+        var call = TapCall.Of(tap);
+        int rows = call.Rows, cols = call.Cols;
+        foreach (var b in Blocks(call)) b.ApplyHost(tap.Data, rows, cols);
     }
 
     /// <summary>Registers several edits; one handle removes them all.</summary>
@@ -100,18 +122,42 @@ public sealed class ScaleIntervention : Intervention
 
     protected override void Validate(ModelConfig c) => Selection.Validate(c, "--hook");
 
-    public override void Apply(Tap tap)
+    public override bool HasDeviceForm => true;
+
+    /// <summary>
+    /// Scale: x ← (float)Scale · x; set: x ← (float)SetTo (0 as a zeroing block), on every selected segment of the call
+    /// (a head or a column of each selected row, or whole rows).
+    /// </summary>
+    public override IReadOnlyList<DeviceIntervention> Blocks(TapCall call)
     {
         float s = (float)Scale;
         float v = (float)(SetTo ?? 0);
-        bool set = SetTo != null;
-        foreach (var (o, len, p) in Selection.Segments(tap.Shape, tap.Pos0, AppliesAt))
+        bool set = SetTo != null, zero = set && BitConverter.SingleToInt32Bits(v) == 0;
+        int cols = call.Cols;
+        var list = new BlockList();
+        foreach (var (o, len, _) in Selection.Segments(call.Shape, call.Pos0, AppliesAt))
         {
-            var x = tap.Data.Slice(o, len);
-            if (set) x.Fill(v);
-            else for (int j = 0; j < len; j++) x[j] *= s;
+            int row = o / cols, col = o % cols;
+            if (!set) list.Piece(InterventionOp.Scale, row, col, len, alpha: s);
+            else if (zero) list.Piece(InterventionOp.Zero, row, col, len);
+            else list.Piece(InterventionOp.Set, row, col, len, Fill(len, v), 0, 0);
         }
+        return list;
     }
+
+    // The value of a set, as one array reused by every call (a device backend uploads it once); grown by doubling.
+    float[] _fill = [];
+    float[] Fill(int n, float v)
+    {
+        if (_fill.Length < n || BitConverter.SingleToInt32Bits(_fill[0]) != BitConverter.SingleToInt32Bits(v))
+        {
+            _fill = new float[Math.Max(n, 2 * _fill.Length)];
+            Array.Fill(_fill, v);
+        }
+        return _fill;
+    }
+
+    public override void Apply(Tap tap) => ApplyBlocks(tap);
 
     public override string Describe()
     {
@@ -123,6 +169,8 @@ public sealed class ScaleIntervention : Intervention
 /// <summary>
 /// Scales the component of a d_model-wide tap (residual stream, attn_out, mlp_out, embeddings) along a direction d:
 /// x ← x + (s − 1)(x·d̂)d̂, or sets it: x ← x + (v − x·d̂)d̂ (SPEC "Interventions"). d̂ = d / |d|.
+/// A host hook (no device form): the per-row projection x·d̂ (in double) is no <see cref="DeviceIntervention"/> block, so
+/// on a GPU backend its tap is copied to the host and back.
 /// </summary>
 public sealed class DirectionIntervention : Intervention
 {
@@ -189,18 +237,21 @@ public sealed class SteeringIntervention : Intervention
         if (Vector.Length != c.DModel) throw new UsageException($"steering vector has {Vector.Length} values, d_model is {c.DModel}");
     }
 
-    public override void Apply(Tap tap)
+    public override bool HasDeviceForm => true;
+
+    /// <summary>x ← x + (float)Coefficient · v on every selected row (one Add block per run of consecutive rows).</summary>
+    public override IReadOnlyList<DeviceIntervention> Blocks(TapCall call)
     {
-        if (Coefficient == 0) return;                // adding 0 · v is no change; skip it so the run stays bit-identical
+        var list = new BlockList();
+        if (Coefficient == 0) return list;           // adding 0 · v is no change; skip it so the run stays bit-identical
         int D = Vector.Length;
         float coef = (float)Coefficient;
-        for (int t = 0; t < tap.Shape.D0; t++)
-        {
-            if (!AppliesAt(tap.Pos0 + t)) continue;
-            var x = tap.Data.Slice(t * D, D);
-            for (int j = 0; j < D; j++) x[j] += coef * Vector[j];
-        }
+        for (int t = 0; t < call.Shape.D0; t++)
+            if (AppliesAt(call.Pos0 + t)) list.Piece(InterventionOp.Add, t, 0, D, Vector, 0, 0, coef);
+        return list;
     }
+
+    public override void Apply(Tap tap) => ApplyBlocks(tap);
 
     public override string Describe() => $"add {Coefficient} × steering vector to {HookName} at {Where()}";
 }
@@ -253,7 +304,8 @@ public sealed record SteeringVector(float[] Vector, HookKind Kind, int Layer, St
 /// <summary>
 /// Keeps the clean run's attention patterns while other edits run (SPEC "Interventions": "unless the user freezes
 /// attention patterns"): every layer's hook_pattern rows of the prompt are overwritten with the clean prompt's. With the
-/// KV cache, the rows of generated tokens have no clean counterpart and are left as computed.
+/// KV cache, the rows of generated tokens have no clean counterpart and are left as computed. The restoration is an
+/// intervention (Set blocks reading the clean patterns): on a GPU backend the patterns are not copied to the host.
 /// </summary>
 public static class AttentionFreeze
 {
@@ -267,16 +319,18 @@ public static class AttentionFreeze
         for (int l = 0; l < c.NLayers; l++)
         {
             var clean = cache[HookPoints.Name(HookKind.Pattern, l)].Data;   // [H, T, T]
-            handles.Add(session.Hooks.Add(HookKind.Pattern, l, tap =>
+            handles.Add(session.Hooks.AddIntervention(HookKind.Pattern, l, call =>
             {
-                int H = tap.Shape.D0, rows = tap.Shape.D1, keys = tap.Shape.D2;
+                int H = call.Shape.D0, rows = call.Shape.D1, keys = call.Shape.D2;
+                var list = new BlockList();
                 for (int h = 0; h < H; h++)
                     for (int t = 0; t < rows; t++)
                     {
-                        int p = tap.Pos0 + t;
+                        int p = call.Pos0 + t;
                         if (p >= T || keys > T) continue;            // a generated token's row: no clean pattern
-                        clean.AsSpan((h * T + p) * T, keys).CopyTo(tap.Data.Slice((h * rows + t) * keys, keys));
+                        list.Piece(InterventionOp.Set, h * rows + t, 0, keys, clean, (h * T + p) * T, T);
                     }
+                return list;
             }));
         }
         return new Handles(handles);

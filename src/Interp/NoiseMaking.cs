@@ -1,3 +1,4 @@
+using Engine.Kernels;
 using Engine.Loader;
 using Engine.Runtime;
 
@@ -113,14 +114,17 @@ public static class NoiseMaking
                     continue;
                 }
                 int sample = s;
-                var last = InterpMath.RunLast(session, tokens, [(comp.Kind, comp.Layer, tap =>
+                // x += noise, as Add blocks reading the component's noise table (uploaded once on a device backend)
+                var last = InterpMath.RunLastEdited(session, tokens, [new EditHook(comp.Kind, comp.Layer, call =>
                 {
-                    int k = sample * n;
-                    foreach (var (o, len, _) in comp.Segments(tap.Shape, tap.Pos0))
+                    int k = sample * n, cols = call.Cols;
+                    var list = new BlockList();
+                    foreach (var (o, len, _) in comp.Segments(call.Shape, call.Pos0))
                     {
-                        var dst = tap.Data.Slice(o, len);
-                        for (int j = 0; j < len; j++) dst[j] += noise[k++];
+                        list.Piece(InterventionOp.Add, o / cols, o % cols, len, noise, k, len);
+                        k += len;
                     }
+                    return list;
                 })]);
                 samples[s] = metric.Of(last);
                 options.Journal?.Record(key, samples[s]);

@@ -411,8 +411,10 @@ public sealed class IlgpuBackend : IBackend, IDeviceInterventions
     {
         iv.Validate(rows, cols, data.Length);
         if (iv.RowCount == 0 || iv.ColCount == 0) return;
-        var values = iv.Op is InterventionOp.Set or InterventionOp.Add ? Vector(iv.Values) : _dev.DummyF.View.AsContiguous();
-        int vStride = iv.Values != null && iv.Values.Length == iv.RowCount * iv.ColCount && iv.RowCount > 1 ? iv.ColCount : 0;
+        // Values are uploaded once per array (cached by identity, as biases are): a block reads a window of it.
+        bool hasValues = iv.Op is InterventionOp.Set or InterventionOp.Add;
+        var values = hasValues ? Vector(iv.Values).SubView(iv.ValueOffset, iv.Values!.Length - iv.ValueOffset) : _dev.DummyF.View.AsContiguous();
+        int vStride = hasValues ? iv.EffectiveValueStride : 0;
         long n = (long)iv.RowCount * iv.ColCount;
         _dev.K.Intervene(Flat(n), V(data).SubView(0, rows * cols), values, cols, iv.RowStart, iv.ColStart, iv.RowCount, iv.ColCount, vStride, iv.Alpha,
             new SpecializedValue<int>((int)iv.Op));

@@ -34,6 +34,32 @@ public readonly ref struct Tap
 public delegate void HookFn(Tap tap);
 
 /// <summary>
+/// One call of a tap as an edit resolved per call sees it (<see cref="HookRegistry.AddIntervention(HookKind, int, Func{TapCall, IEnumerable{DeviceIntervention}})"/>):
+/// the hook point, the tap's shape, the absolute position of its first row (&gt; 0 when a KV cache is being extended,
+/// e.g. 1 row at Pos0 = n in a decode step) and the [<see cref="Rows"/>, <see cref="Cols"/>] view that
+/// <see cref="DeviceIntervention"/> blocks address (<see cref="HookRegistry.InterventionView"/>).
+/// </summary>
+public readonly record struct TapCall(HookKind Kind, int Layer, TapShape Shape, int Pos0)
+{
+    public static TapCall Of(Tap tap) => new(tap.Kind, tap.Layer, tap.Shape, tap.Pos0);
+
+    /// <summary>[H, T, Tk] taps (attn_scores, pattern): view row r is head r / T, query position Pos0 + r % T.</summary>
+    public bool IsAttentionMap => Kind is HookKind.AttnScores or HookKind.Pattern;
+
+    public int Rows => HookRegistry.InterventionView(Kind, Shape).Rows;
+    public int Cols => HookRegistry.InterventionView(Kind, Shape).Cols;
+
+    /// <summary>Positions (query rows) in the call.</summary>
+    public int Positions => IsAttentionMap ? Shape.D1 : Shape.D0;
+
+    /// <summary>Floats in the tap.</summary>
+    public long Elements => Shape.Elements;
+
+    /// <summary>Absolute position of view row <paramref name="row"/>.</summary>
+    public int PositionOf(int row) => Pos0 + (IsAttentionMap ? row % Shape.D1 : row);
+}
+
+/// <summary>
 /// The hooks registered on a session, indexed by (kind, layer). Registration is scoped: dispose the returned handle
 /// (or use <c>using</c>) to remove it. With no hooks registered the forward pass pays one array lookup per hook point.
 /// </summary>
@@ -126,35 +152,78 @@ public sealed class HookRegistry
         return AddIntervention(kind, layer, intervention);
     }
 
+    /// <summary>
+    /// Registers an edit whose blocks depend on the call: <paramref name="resolve"/> gets the call's hook point, shape and
+    /// first position (<see cref="TapCall"/>) and returns the <see cref="DeviceIntervention"/> blocks to apply, in order
+    /// (none: no change). This is how an edit selects absolute positions, prompt vs generated tokens, or a head, and keeps
+    /// working in generation through the KV cache. Like the fixed form it is an intervention: on a GPU backend a tap
+    /// whose hooks are all interventions is never copied to the host; on host backends each block's
+    /// <see cref="DeviceIntervention.ApplyHost"/> runs on the tap. <paramref name="resolve"/> must be a function of the
+    /// call alone: its blocks are kept per (Pos0, shape) and reused by later calls of the same shape (a few calls are
+    /// kept, so repeated runs and prompts allocate nothing); value arrays should be reused too, a device backend
+    /// uploads each array once.
+    /// </summary>
+    public IDisposable AddIntervention(HookKind kind, int layer, Func<TapCall, IEnumerable<DeviceIntervention>> resolve) =>
+        Add(kind, layer, new InterventionHook(resolve).Fire);
+
+    /// <inheritdoc cref="AddIntervention(HookKind, int, Func{TapCall, IEnumerable{DeviceIntervention}})"/>
+    public IDisposable AddIntervention(string name, Func<TapCall, IEnumerable<DeviceIntervention>> resolve)
+    {
+        if (!HookPoints.TryParse(name, out var kind, out int layer) || (layer >= _config.NLayers) || !HookPoints.Exists(_config, kind))
+            throw new UsageException($"hook '{name}' does not exist in this {_config.ModelType} model (see `engine info` for the list)");
+        return AddIntervention(kind, layer, resolve);
+    }
+
     /// <summary>A tap viewed as [rows, cols]: [T, D] and [T, H, d] taps by position (cols = D or H·d); [H, T, Tk] taps (scores, pattern) as [H·T, Tk].</summary>
     public static (int Rows, int Cols) InterventionView(HookKind kind, TapShape shape) =>
         kind is HookKind.AttnScores or HookKind.Pattern ? (shape.D0 * shape.D1, shape.D2) : (shape.D0, (int)(shape.Elements / Math.Max(1, shape.D0)));
 
-    sealed class InterventionHook(DeviceIntervention intervention)
+    /// <summary>An intervention hook: one fixed block, or blocks resolved per call (kept for the last few call shapes).</summary>
+    sealed class InterventionHook
     {
-        public DeviceIntervention Intervention { get; } = intervention;
+        const int KeptCalls = 32;
+        readonly DeviceIntervention[]? _fixed;
+        readonly Func<TapCall, IEnumerable<DeviceIntervention>>? _resolve;
+        readonly Dictionary<TapCall, DeviceIntervention[]>? _kept;
+
+        public InterventionHook(DeviceIntervention intervention) => _fixed = [intervention];
+
+        public InterventionHook(Func<TapCall, IEnumerable<DeviceIntervention>> resolve)
+        {
+            _resolve = resolve;
+            _kept = [];
+        }
+
+        public DeviceIntervention[] Blocks(in TapCall call)
+        {
+            if (_fixed != null) return _fixed;
+            if (_kept!.TryGetValue(call, out var blocks)) return blocks;
+            blocks = _resolve!(call).ToArray();
+            if (_kept.Count >= KeptCalls) _kept.Clear();   // e.g. a long generation: every decode step is a new Pos0
+            _kept[call] = blocks;
+            return blocks;
+        }
 
         public void Fire(Tap tap)
         {
+            var call = TapCall.Of(tap);
             var (rows, cols) = InterventionView(tap.Kind, tap.Shape);
-            Intervention.ApplyHost(tap.Data, rows, cols);
+            foreach (var iv in Blocks(call)) iv.ApplyHost(tap.Data, rows, cols);
         }
     }
 
     /// <summary>
-    /// Fills <paramref name="into"/> with the interventions of one tap when every hook registered there is one (so the
-    /// backend can run them all without a host copy); false when a host hook is among them.
+    /// Fills <paramref name="into"/> with the intervention blocks of one call of a tap when every hook registered there
+    /// is an intervention (so the backend can run them all without a host copy); false when a host hook is among them.
     /// </summary>
-    internal bool TryInterventionsOnly(HookKind kind, int layer, List<DeviceIntervention> into)
+    internal bool TryInterventionsOnly(in TapCall call, List<DeviceIntervention> into)
     {
         into.Clear();
-        var list = _slots[Index(kind, layer)];
+        var list = _slots[Index(call.Kind, call.Layer)];
         if (list == null) return false;
         foreach (var fn in list)
-        {
-            if (fn.Target is not InterventionHook ih) { into.Clear(); return false; }
-            into.Add(ih.Intervention);
-        }
+            if (fn.Target is not InterventionHook) return false;
+        foreach (var fn in list) into.AddRange(((InterventionHook)fn.Target!).Blocks(call));
         return true;
     }
 

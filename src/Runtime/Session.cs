@@ -470,7 +470,7 @@ public sealed partial class Session : IDisposable
             return;
         }
         // Interventions only (patch, ablate, scale, add): run where the tap lives, no host copy.
-        if (session && !own && b is IDeviceInterventions device && Hooks.TryInterventionsOnly(kind, layer, _interventions))
+        if (session && !own && b is IDeviceInterventions device && Hooks.TryInterventionsOnly(new TapCall(kind, layer, shape, lane.Pos0), _interventions))
         {
             var (rows, cols) = HookRegistry.InterventionView(kind, shape);
             foreach (var iv in _interventions) device.Apply(iv, data, rows, cols);

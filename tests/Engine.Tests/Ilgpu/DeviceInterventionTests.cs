@@ -25,6 +25,11 @@ public class DeviceInterventionTests
         yield return ["add a vector to one position", new DeviceIntervention(InterventionOp.Add, 4, 1, 0, 6, vec, -1f)];
         yield return ["scale by 0 keeps NaN", DeviceIntervention.ScaleColumns(Rows, 0, 3, 0f)];
         yield return ["empty block", new DeviceIntervention(InterventionOp.Zero, 0, 0, 0, 0)];
+        // a window of a larger array (another run's whole tap, a noise table): value (r, c) = Values[offset + r * stride + c]
+        var big = Enumerable.Range(0, 40).Select(i => i * 0.125f - 2f).ToArray();
+        yield return ["set a block from a window (offset 5, stride 10)", new DeviceIntervention(InterventionOp.Set, 1, 3, 6, 6, big) { ValueOffset = 5, ValueStride = 10 }];
+        yield return ["add one row of a window to every row (stride 0)", new DeviceIntervention(InterventionOp.Add, 0, Rows, 18, 6, big, -0.5f) { ValueOffset = 7, ValueStride = 0 }];
+        yield return ["set one column from a tap-shaped array (stride = cols)", new DeviceIntervention(InterventionOp.Set, 0, Rows, 4, 1, big) { ValueOffset = 4, ValueStride = 7 }];
     }
 
     [Theory]
@@ -59,5 +64,12 @@ public class DeviceInterventionTests
         Assert.Throws<ArgumentException>(() => b.Apply(DeviceIntervention.AddVector(Rows, 0, new float[5]) with { ColCount = 6 }, span, Rows, Cols));
         Assert.Throws<ArgumentException>(() => b.Apply(new DeviceIntervention(InterventionOp.Set, 0, 1, 0, 4), span, Rows, Cols));
         Assert.Throws<ArgumentException>(() => b.Apply(DeviceIntervention.ZeroColumns(Rows, 0, 1), span, Rows + 1, Cols));
+        var values = new float[30];
+        // a window that runs past the values, a negative stride, an offset without a stride
+        Assert.Throws<ArgumentException>(() => b.Apply(new DeviceIntervention(InterventionOp.Set, 0, 3, 0, 6, values) { ValueOffset = 13, ValueStride = 6 }, span, Rows, Cols));
+        Assert.Throws<ArgumentException>(() => b.Apply(new DeviceIntervention(InterventionOp.Set, 0, 2, 0, 6, values) { ValueOffset = 10, ValueStride = -1 }, span, Rows, Cols));
+        Assert.Throws<ArgumentException>(() => b.Apply(new DeviceIntervention(InterventionOp.Add, 0, 1, 0, 6, values) { ValueOffset = 2 }, span, Rows, Cols));
+        // the last value of the window is the last of the array: fine
+        b.Apply(new DeviceIntervention(InterventionOp.Set, 0, 3, 0, 6, values) { ValueOffset = 12, ValueStride = 6 }, span, Rows, Cols);
     }
 }
