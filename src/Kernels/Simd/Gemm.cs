@@ -281,13 +281,23 @@ internal static unsafe class Gemm
     {
         int k0 = chunk * RowChunk, k1 = Math.Min(K, k0 + RowChunk);
         float* p = partial + (long)chunk * N;
-        int n16 = N & ~15;
         new Span<float>(p, N).Clear();
         long ldw = (long)N * TW.Size;
+        AccumulateRows<TW>(x, k0, k1, w, ldw, N, p);
+    }
+
+    /// <summary>p[0..width) = fma(x[k], w[k, 0..width), p) for k = k0 .. k1 - 1 in order; row k of w at w + k * ldw.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    static void AccumulateRows<TW>(float* x, int k0, int k1, byte* w, long ldw, int width, float* p) where TW : IWeightLoad
+    {
+        int n16 = width & ~15;
         int k = k0;
-        // Four weight rows per pass over the partial row: the chain p = fma(x[k], w[k], p) is unchanged (k ascending),
-        // with a quarter of the loads and stores of p.
-        for (; k + 4 <= k1; k += 4)
+        // Long row pieces (≥ 4 KiB): four weight rows per pass over p — the chain p = fma(x[k], w[k], p) is unchanged
+        // (k ascending), with a quarter of the loads and stores of p. Short ones: one row per pass, so the weights are
+        // one sequential stream (four short interleaved streams measured up to 30% slower from memory: bench gemv,
+        // 3072 -> 768, F32 and BF16).
+        bool fourRows = (long)width * TW.Size >= 4096;
+        for (; fourRows && k + 4 <= k1; k += 4)
         {
             byte* w0 = w + k * ldw, w1 = w0 + ldw, w2 = w1 + ldw, w3 = w2 + ldw;
             var a0 = Vector512.Create(x[k]); var a1 = Vector512.Create(x[k + 1]);
@@ -303,7 +313,7 @@ internal static unsafe class Gemm
                 acc = Vector512.FusedMultiplyAdd(a3, TW.Load16(w3 + o), acc);
                 Vector512.Store(acc, p + n);
             }
-            for (; n < N; n++)
+            for (; n < width; n++)
             {
                 long o = (long)n * TW.Size;
                 float acc = p[n];
@@ -321,7 +331,7 @@ internal static unsafe class Gemm
             var a = Vector512.Create(xk);
             int n = 0;
             for (; n < n16; n += 16) Vector512.Store(Vector512.FusedMultiplyAdd(a, TW.Load16(wr + (long)n * TW.Size), Vector512.Load(p + n)), p + n);
-            for (; n < N; n++) p[n] = MathF.FusedMultiplyAdd(xk, TW.Load1(wr + (long)n * TW.Size), p[n]);
+            for (; n < width; n++) p[n] = MathF.FusedMultiplyAdd(xk, TW.Load1(wr + (long)n * TW.Size), p[n]);
         }
     }
 
