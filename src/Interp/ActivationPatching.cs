@@ -142,7 +142,7 @@ public static class ActivationPatching
     /// per pass. Same cells, same metric, stored by cell.
     /// </summary>
     static void RunFast(Session session, SweepBase @base, ActivationCache sourceCache, List<(int Flat, Site Site)> cells,
-        PatchOptions options, Func<ReadOnlySpan<float>, double> metric, Grid patched)
+        PatchOptions options, Func<ReadOnlySpan<float>, double> metric, Grid patched, int[]? logitColumns)
     {
         var c = session.Config;
         int T = @base.Length;
@@ -165,7 +165,7 @@ public static class ActivationPatching
             if (journal != null && !journal.Has(i)) { journal.Record(i, v); done++; }
             else if (journal == null) done++;
             options.Progress?.Invoke(Math.Min(done, cells.Count), cells.Count);
-        });
+        }, logitColumns);
     }
 
     public static PatchResult Run(Session session, int[] cleanTokens, int[] corruptTokens, int? answer = null, int? wrong = null, PatchOptions? options = null)
@@ -243,7 +243,12 @@ public static class ActivationPatching
             }
         }
         else
-            RunFast(session, targetBase!, sourceCache, cells, options, v => Metric(v, options.Metric, ans, wr), patched);
+        {
+            // logit_diff (and normalized) read two logits: the fast path computes only those.
+            bool diff = options.Metric is PatchMetric.LogitDiff or PatchMetric.Normalized;
+            if (diff) RunFast(session, targetBase!, sourceCache, cells, options, v => (double)v[0] - v[1], patched, [ans, wr]);
+            else RunFast(session, targetBase!, sourceCache, cells, options, v => Metric(v, options.Metric, ans, wr), patched, null);
+        }
         double denom = cleanMetric - corruptMetric;
         var normalized = patched.Map(v => (v - corruptMetric) / denom);
         var values = options.Metric == PatchMetric.Normalized ? normalized : patched;

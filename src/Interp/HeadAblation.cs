@@ -272,13 +272,14 @@ public static class HeadAblation
         var journal = options.Journal;
         for (int i = 0; i < cells.Count; i++)
             if (journal != null && journal.TryGet(i, out double v)) { values[i] = v; progress(); }
+        var columns = metric.LogitColumns;
         SweepRunner.Run(session, cells, options.Sweep.Resuming(journal), (i, last) =>
         {
-            values[i] = metric.Of(last);
+            values[i] = columns == null ? metric.Of(last) : metric.OfColumns(last);
             if (journal != null && journal.Has(i)) return;
             journal?.Record(i, values[i]);
             progress();
-        });
+        }, columns);
         return values;
 
         static HookFn Copy(SitePatch patch, float[] full) => tap => patch.CopyInto(tap, full);

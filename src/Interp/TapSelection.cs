@@ -141,6 +141,22 @@ public readonly record struct MetricSpec(OutputMetric Kind, int Target, int Wron
 
     public string Name => NameOf(Kind);
 
+    /// <summary>The logits the metric reads when it reads only a few (logit, logit_diff); null when it needs them all.</summary>
+    public int[]? LogitColumns => Kind switch
+    {
+        OutputMetric.Logit => [Target],
+        OutputMetric.LogitDiff => [Target, Wrong],
+        _ => null,
+    };
+
+    /// <summary>The metric of the values of <see cref="LogitColumns"/> (in that order).</summary>
+    public double OfColumns(ReadOnlySpan<float> selected) => Kind switch
+    {
+        OutputMetric.Logit => selected[0],
+        OutputMetric.LogitDiff => (double)selected[0] - selected[1],
+        _ => throw new InvalidOperationException($"the {Name} metric reads every logit"),
+    };
+
     public static string NameOf(OutputMetric k) => k switch
     {
         OutputMetric.Prob => "prob", OutputMetric.LogProb => "logprob", OutputMetric.Logit => "logit", OutputMetric.LogitDiff => "logit_diff",

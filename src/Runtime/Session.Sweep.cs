@@ -122,6 +122,59 @@ public sealed partial class Session
 
     void CaptureResid(int layer, DeviceSpan resid) => Backend.Copy(resid, _capture!.Resid(layer, 0, _capture.Length));
 
+    int[] _selectedColumns = [];
+    Linear? _selectedUnembed;
+    SelectedRows? _selectedRows;
+
+    /// <summary>
+    /// The unembedding restricted to some vocabulary entries: their weight rows widened to F32, as an out-major
+    /// [C, d_model] projection (with their biases), kept for the next call with the same columns.
+    /// </summary>
+    unsafe Linear SelectedUnembed(ReadOnlySpan<int> columns)
+    {
+        if (_selectedUnembed != null && columns.SequenceEqual(_selectedColumns)) return _selectedUnembed;
+        var u = Model.Weights.Unembed;
+        int C = columns.Length, D = u.In;
+        var rows = new SelectedRows((long)C * D);
+        float* dst = rows.Data;
+        byte* w = u.W.Data;
+        int size = u.DType.Size();
+        for (int j = 0; j < C; j++)
+            for (int k = 0; k < D; k++)
+            {
+                long e = u.InputMajor ? (long)k * u.Out + columns[j] : (long)columns[j] * D + k;
+                byte* p = w + e * size;
+                dst[(long)j * D + k] = u.DType switch
+                {
+                    DType.F32 => *(float*)p,
+                    DType.BF16 => BitConverter.Int32BitsToSingle(*(ushort*)p << 16),
+                    DType.F16 => (float)*(Half*)p,
+                    _ => throw new NotSupportedException($"unembedding of dtype {u.DType}"),
+                };
+            }
+        float[]? bias = u.Bias == null ? null : columns.ToArray().Select(col => u.Bias[col]).ToArray();
+        var info = new TensorInfo($"{u.W.Name}[{C} selected rows]", DType.F32, [C, D], 0, (long)C * D * sizeof(float), "");
+        _selectedRows?.Dispose();
+        _selectedRows = rows;
+        _selectedColumns = columns.ToArray();
+        _selectedUnembed = new Linear(new TensorView(info, (byte*)dst), false, bias, D, C);
+        return _selectedUnembed;
+    }
+
+    /// <summary>Native memory holding selected unembedding rows (a TensorView needs a fixed address).</summary>
+    sealed unsafe class SelectedRows : IDisposable
+    {
+        public float* Data { get; private set; }
+        public SelectedRows(long floats) => Data = (float*)System.Runtime.InteropServices.NativeMemory.AlignedAlloc((nuint)(Math.Max(1, floats) * sizeof(float)), 64);
+        public void Dispose()
+        {
+            if (Data != null) System.Runtime.InteropServices.NativeMemory.AlignedFree(Data);
+            Data = null;
+            GC.SuppressFinalize(this);
+        }
+        ~SelectedRows() => Dispose();
+    }
+
     void CaptureZ(int layer, DeviceSpan z) => Backend.Copy(z, _capture!.Z(layer, 0, _capture.Length));
 
     /// <summary>Whether the session has a hook at layer l on a tap computed before z (which a lane starting at z would skip).</summary>
@@ -192,8 +245,19 @@ public sealed partial class Session
     /// Memory: the workspace holds the stacked rows and one K/V cache per lane (lanes × n_layers × T × kv_dim × 2 floats);
     /// callers bound it by how many lanes they pass at once.
     /// </summary>
-    public ReadOnlySpan<float> RunLanes(ReadOnlySpan<SweepLane> lanes)
+    public ReadOnlySpan<float> RunLanes(ReadOnlySpan<SweepLane> lanes) => RunLanes(lanes, default);
+
+    /// <summary>
+    /// <see cref="RunLanes(ReadOnlySpan{SweepLane})"/> that computes only the vocabulary entries
+    /// <paramref name="logitColumns"/> of each lane's last-row logits (all of them when empty): returns
+    /// [lanes.Length, columns] in the order given. A metric that reads a few logits (logit difference) then skips the
+    /// rest of the unembedding, which is a full matrix-vector product over the vocabulary per lane. Each value equals the
+    /// full unembedding's (same kernel arithmetic per output on out-major weights).
+    /// </summary>
+    public ReadOnlySpan<float> RunLanes(ReadOnlySpan<SweepLane> lanes, ReadOnlySpan<int> logitColumns)
     {
+        foreach (int col in logitColumns)
+            if ((uint)col >= (uint)Config.VocabSize) throw new ArgumentOutOfRangeException(nameof(logitColumns), $"RunLanes: logit column {col} outside the vocabulary [0, {Config.VocabSize})");
         int B = lanes.Length;
         if (B == 0) throw new ArgumentException("RunLanes: no lanes", nameof(lanes));
         var c = Config;
@@ -286,6 +350,13 @@ public sealed partial class Session
             {
                 ref readonly var lane = ref _sweepLanes[i];
                 b.Copy(lnf.Slice((long)(lane.Row0 + lane.Rows - 1) * D, D), last.Slice((long)lane.Order * D, D));
+            }
+            if (!logitColumns.IsEmpty)
+            {
+                int C = logitColumns.Length;
+                var selected = ws.Span(ws.Logits, 0, B * C);
+                b.MatMul(last, B, SelectedUnembed(logitColumns), selected);
+                return HostLogits(selected, ref _hostLaneLogits);
             }
             var logits = ws.Span(ws.Logits, 0, B * V);
             b.MatMul(last, B, Model.Weights.Unembed, logits);

@@ -514,6 +514,7 @@ public sealed partial class Session : IDisposable
         _sweep?.Dispose();
         _attnArena?.Dispose();
         if (_ownsBackend) Backend.Dispose();
+        _selectedRows?.Dispose();
     }
 
     /// <summary>

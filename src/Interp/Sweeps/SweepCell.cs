@@ -14,7 +14,7 @@ public sealed record SweepOptions
 {
     public bool Naive { get; init; }
     /// <summary>Rows stacked into one pass (the matrix multiplies' row count); 1 lane per pass when 0.</summary>
-    public int MaxRows { get; init; } = 256;
+    public int MaxRows { get; init; } = 512;
     public int MaxLanes { get; init; } = 64;
     /// <summary>Bound on the sweep workspace (stacked rows + one KV cache per lane); a pass takes fewer lanes to stay under it.</summary>
     public long MaxWorkspaceBytes { get; init; } = 512L << 20;

@@ -11,8 +11,12 @@ namespace Engine.Interp.Sweeps;
 /// </summary>
 public static class SweepRunner
 {
-    /// <summary>Runs every cell; <paramref name="done"/>(cell index, last logits [V]) is called once per cell.</summary>
-    public static void Run(Session session, IReadOnlyList<SweepCell> cells, SweepOptions options, Action<int, ReadOnlySpan<float>> done)
+    /// <summary>
+    /// Runs every cell; <paramref name="done"/>(cell index, last logits [V]) is called once per cell. With
+    /// <paramref name="logitColumns"/>, only those vocabulary entries are computed and handed over ([C], in that order):
+    /// a metric that reads a few logits skips the rest of the unembedding.
+    /// </summary>
+    public static void Run(Session session, IReadOnlyList<SweepCell> cells, SweepOptions options, Action<int, ReadOnlySpan<float>> done, int[]? logitColumns = null)
     {
         var c = session.Config;
         for (int i = 0; i < cells.Count; i++)
@@ -46,8 +50,9 @@ public static class SweepRunner
                 rows += r; bytes += b; pos++;
             }
             if (options.Recorded != null && batch.TrueForAll(i => options.Recorded(i))) continue;   // resumed: all known
-            var logits = session.RunLanes(System.Runtime.InteropServices.CollectionsMarshal.AsSpan(lanes));
-            for (int i = 0; i < batch.Count; i++) done(batch[i], logits.Slice(i * V, V));
+            var logits = session.RunLanes(System.Runtime.InteropServices.CollectionsMarshal.AsSpan(lanes), logitColumns);
+            int width = logitColumns is { Length: > 0 } ? logitColumns.Length : V;
+            for (int i = 0; i < batch.Count; i++) done(batch[i], logits.Slice(i * width, width));
         }
     }
 

@@ -222,6 +222,34 @@ public class SweepRuntimeTests
 
     [Theory]
     [MemberData(nameof(FamilyBackends))]
+    public void SelectedLogitColumnsEqualTheFullUnembedding(string fixture, string backend)
+    {
+        var (model, s) = RuntimeInvariantTests.Open(fixture, backend);
+        using (model) using (s)
+        {
+            var c = model.Config;
+            int V = c.VocabSize;
+            using var b = s.CaptureBase(Tokens);
+            HookFn zeroHead = tap => { for (int r = 0; r < tap.Shape.D0; r++) tap.Row(r)[..c.HeadDim].Clear(); };
+            var lanes = Enumerable.Range(0, 5).Select(i => new SweepLane(b, i % c.NLayers, i % 3, [new LaneHook(HookKind.Z, i % c.NLayers, zeroHead)], LastRowOnly: i % 2 == 0)).ToArray();
+            var full = s.RunLanes(lanes).ToArray();
+            int[] columns = [3, V - 1, 0, 3];
+            var selected = s.RunLanes(lanes, columns).ToArray();
+            Assert.Equal(lanes.Length * columns.Length, selected.Length);
+            for (int i = 0; i < lanes.Length; i++)
+                for (int j = 0; j < columns.Length; j++)
+                    Assert.True(BitConverter.SingleToInt32Bits(selected[i * columns.Length + j]) == BitConverter.SingleToInt32Bits(full[i * V + columns[j]]),
+                        $"{fixture}/{backend}: lane {i}, column {columns[j]}: {selected[i * columns.Length + j]} vs {full[i * V + columns[j]]}");
+            // Another set of columns, then the first again (the selection is rebuilt each time it changes).
+            var other = s.RunLanes(lanes, [V / 2]).ToArray();
+            for (int i = 0; i < lanes.Length; i++) Assert.Equal(full[i * V + V / 2], other[i]);
+            Assert.Equal(selected, s.RunLanes(lanes, columns).ToArray());
+            Assert.Throws<ArgumentOutOfRangeException>(() => s.RunLanes(lanes, [V]));
+        }
+    }
+
+    [Theory]
+    [MemberData(nameof(FamilyBackends))]
     public void LaneHooksOnThePatternMaterialiseOnlyTheirLane(string fixture, string backend)
     {
         var (model, s) = RuntimeInvariantTests.Open(fixture, backend);
