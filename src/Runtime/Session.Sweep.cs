@@ -3,11 +3,11 @@ using Engine.Loader;
 
 namespace Engine.Runtime;
 
-/// <summary>A hook that fires on one lane of a batched pass only (<see cref="Session.RunLanes"/>).</summary>
+/// <summary>A hook that fires on one lane of a batched pass only (<see cref="Session.RunLanes(ReadOnlySpan{SweepLane})"/>).</summary>
 public readonly record struct LaneHook(HookKind Kind, int Layer, HookFn Fn);
 
 /// <summary>
-/// One sequence of a batched pass (<see cref="Session.RunLanes"/>): the run of <see cref="Base"/>'s tokens that starts
+/// One sequence of a batched pass (<see cref="Session.RunLanes(ReadOnlySpan{SweepLane})"/>): the run of <see cref="Base"/>'s tokens that starts
 /// from its cached state at layer <see cref="FirstLayer"/>, row <see cref="FromRow"/> (see <see cref="Session.RunFrom"/>),
 /// with <see cref="Hooks"/> firing on this lane only. <see cref="LastRowOnly"/>: only the last position's output is wanted
 /// (the returned logits), so the last layer computes every row's K/V but its attention, output projection and MLP for

@@ -7,7 +7,7 @@ namespace Engine.Interp.Sweeps;
 /// How a sweep runs its cells. <see cref="Naive"/>: one full forward pass per cell (the methods' definition; what the
 /// tests compare against). Otherwise each cell starts from the cached state of its base run at the first layer and
 /// position it can change (<see cref="Session.RunFrom"/>), and cells are batched into passes of many lanes
-/// (<see cref="Session.RunLanes"/>) of at most <see cref="MaxRows"/> stacked rows and <see cref="MaxLanes"/> lanes, with
+/// (<see cref="Session.RunLanes(ReadOnlySpan{SweepLane})"/>) of at most <see cref="MaxRows"/> stacked rows and <see cref="MaxLanes"/> lanes, with
 /// the lanes' KV caches within <see cref="MaxWorkspaceBytes"/>.
 /// </summary>
 public sealed record SweepOptions

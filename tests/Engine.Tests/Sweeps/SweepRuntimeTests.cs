@@ -8,7 +8,7 @@ namespace Engine.Tests.Sweeps;
 /// <summary>
 /// The runtime's sweep calls against full forward passes: <see cref="Session.CaptureBase"/> is an ordinary run,
 /// <see cref="Session.RunFrom"/> (restart at layer L, row p from a base) gives the last-position logits of the full run with
-/// the same hooks, and <see cref="Session.RunLanes"/> (many such runs stacked into one pass) gives each lane's
+/// the same hooks, and <see cref="Session.RunLanes(ReadOnlySpan{SweepLane})"/> (many such runs stacked into one pass) gives each lane's
 /// <see cref="Session.RunFrom"/> result, in the order given, whatever the mix of bases, layers and rows.
 /// </summary>
 public class SweepRuntimeTests
