@@ -16,7 +16,7 @@ namespace Engine.Bench;
 /// batched lanes) and in its naive mode (one full forward pass per cell), interleaved round by round on the same
 /// session, with the results compared (max |fast − naive|). Not BenchmarkDotNet: one naive causal trace is minutes.
 ///   dotnet run -c Release --project bench/Engine.Bench -- sweeps [--model DIR] [--tokens 16] [--rounds 3]
-///       [--sweeps trace,resid_pre,z,z_pos,ablate] [--samples 10] [--window 10] [--max-rows 256] [--no-naive] [--no-write]
+///       [--sweeps trace,resid_pre,z,z_pos,ablate] [--samples 10] [--window 10] [--max-rows 512] [--no-naive] [--no-write]
 /// Writes bench/results/DATE-sweeps.md and .json (unless --no-write). Per round and run it records the CPU time other
 /// processes used (cores, from /proc/stat), since the machine is shared.
 /// </summary>
@@ -187,9 +187,12 @@ public static class SweepBenchmarks
         foreach (var r in rows)
             md.AppendLine(string.Create(CultureInfo.InvariantCulture,
                 $"- {r.Sweep.Name}: fast [{string.Join(", ", r.Fast.Select(x => x.ToString("F3", CultureInfo.InvariantCulture)))}], naive [{string.Join(", ", r.Naive.Select(x => x.ToString("F2", CultureInfo.InvariantCulture)))}]"));
-        File.WriteAllText(Path.Combine(dir, $"{date}-sweeps.md"), md.ToString());
+        // Never overwrite an earlier result of the day: DATE-sweeps, DATE-sweeps-2, ...
+        string stem = $"{date}-sweeps";
+        for (int n = 2; File.Exists(Path.Combine(dir, stem + ".md")) || File.Exists(Path.Combine(dir, stem + ".json")); n++) stem = $"{date}-sweeps-{n}";
+        File.WriteAllText(Path.Combine(dir, stem + ".md"), md.ToString());
 
-        using (var fs = File.Create(Path.Combine(dir, $"{date}-sweeps.json")))
+        using (var fs = File.Create(Path.Combine(dir, stem + ".json")))
         using (var w = new Utf8JsonWriter(fs, new JsonWriterOptions { Indented = true }))
         {
             w.WriteStartObject();
@@ -225,7 +228,7 @@ public static class SweepBenchmarks
             w.WriteEndArray();
             w.WriteEndObject();
         }
-        log.WriteLine($"wrote {Path.Combine(dir, date + "-sweeps.md")} and .json");
+        log.WriteLine($"wrote {Path.Combine(dir, stem + ".md")} and .json");
         return 0;
     }
 
