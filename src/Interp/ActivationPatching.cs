@@ -139,7 +139,8 @@ public static class ActivationPatching
     /// <summary>
     /// The sweep from cached states: the target run is captured once (<see cref="Session.CaptureBase"/>); a cell patching
     /// layer L at position p (every position for per-head cells) reruns layers ≥ L on positions ≥ p only, many cells
-    /// per pass. Same cells, same metric, stored by cell.
+    /// per pass. Same cells, same metric, stored by cell. Each cell's copy is a lane hook with a device form (Set blocks
+    /// reading the source run's cached tensor), so on a GPU backend no lane tap goes through the host.
     /// </summary>
     static void RunFast(Session session, SweepBase @base, ActivationCache sourceCache, List<(int Flat, Site Site)> cells,
         PatchOptions options, Func<ReadOnlySpan<float>, double> metric, Grid patched, int[]? logitColumns)
@@ -152,7 +153,7 @@ public static class ActivationPatching
             var full = sourceCache[site.HookName];
             var shape = HookPoints.Shape(c, site.Kind, T, T);
             var patch = new SitePatch(site, shape);
-            sweep.Add(SweepCell.Single(c, @base, new PatchSite(site.Kind, site.Layer, site.Position), _ => tap => patch.CopyInto(tap, full.Data)));
+            sweep.Add(SweepCell.Single(c, @base, new PatchSite(site.Kind, site.Layer, site.Position), at => patch.CopyHook(at.Kind, at.Layer, full.Data)));
         }
         int done = 0;
         var journal = options.Journal;

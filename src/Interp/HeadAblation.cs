@@ -235,7 +235,8 @@ public static class HeadAblation
 
     /// <summary>
     /// The ablation runs as a sweep from the prompt run's cached states (each run starts at its first ablated layer, all
-    /// positions): the metric of each run (resample: of each (run, source) pair, source-minor), in run order.
+    /// positions): the metric of each run (resample: of each (run, source) pair, source-minor), in run order. The lane hooks
+    /// (zero, mean, resample) carry device forms, so on a GPU backend they run as kernels on the lanes' taps.
     /// </summary>
     static double[] RunFast(Session session, SweepBase @base, List<(string Label, HeadRef[] Heads, NeuronRef[] Neurons)> runs,
         List<(float[][] Z, float[][] Post)> sources, float[][]? zMean, float[][]? postMean, AblationOptions options, MetricSpec metric, Action progress)
@@ -254,17 +255,18 @@ public static class HeadAblation
                 foreach (var h in hs)
                 {
                     var patch = new SitePatch(new Site(HookKind.Z, h.Layer, Head: h.Head), zShape);
-                    HookFn fn = resample ? Copy(patch, sources[k].Z[h.Layer])
-                        : zMean?[h.Layer] is float[] mean ? tap => patch.SetPerHead(tap, mean)
-                        : tap => patch.Fill(tap, 0f);
-                    patches.Add(new SweepPatch(new PatchSite(HookKind.Z, h.Layer, null), new LaneHook(HookKind.Z, h.Layer, fn)));
+                    var hook = resample ? patch.CopyHook(HookKind.Z, h.Layer, sources[k].Z[h.Layer])
+                        : zMean?[h.Layer] is float[] mean ? patch.SetPerHeadHook(HookKind.Z, h.Layer, mean)
+                        : patch.FillHook(HookKind.Z, h.Layer, 0f);
+                    patches.Add(new SweepPatch(new PatchSite(HookKind.Z, h.Layer, null), hook));
                 }
                 foreach (var n in ns)
                 {
                     var patch = new SitePatch(new Site(HookKind.MlpPost, n.Layer, Index: n.Index), postShape);
-                    float value = postMean?[n.Layer] is float[] mean ? mean[n.Index] : 0f;
-                    HookFn fn = resample ? Copy(patch, sources[k].Post[n.Layer]) : tap => patch.Fill(tap, value);
-                    patches.Add(new SweepPatch(new PatchSite(HookKind.MlpPost, n.Layer, null), new LaneHook(HookKind.MlpPost, n.Layer, fn)));
+                    var hook = resample ? patch.CopyHook(HookKind.MlpPost, n.Layer, sources[k].Post[n.Layer])
+                        : postMean?[n.Layer] is float[] mean ? patch.FillHook(HookKind.MlpPost, n.Layer, mean, n.Index)
+                        : patch.FillHook(HookKind.MlpPost, n.Layer, 0f);
+                    patches.Add(new SweepPatch(new PatchSite(HookKind.MlpPost, n.Layer, null), hook));
                 }
                 cells.Add(SweepCell.Create(c, @base, patches));
             }
@@ -281,8 +283,6 @@ public static class HeadAblation
             progress();
         }, columns);
         return values;
-
-        static HookFn Copy(SitePatch patch, float[] full) => tap => patch.CopyInto(tap, full);
     }
 
     /// <summary>Every neuron of the given layers (a neuron sweep).</summary>

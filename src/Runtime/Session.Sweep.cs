@@ -3,8 +3,16 @@ using Engine.Loader;
 
 namespace Engine.Runtime;
 
-/// <summary>A hook that fires on one lane of a batched pass only (<see cref="Session.RunLanes(ReadOnlySpan{SweepLane})"/>).</summary>
-public readonly record struct LaneHook(HookKind Kind, int Layer, HookFn Fn);
+/// <summary>
+/// A hook that fires on one lane of a batched pass only (<see cref="Session.RunLanes(ReadOnlySpan{SweepLane})"/>). <see cref="Fn"/> is the hook
+/// (what host backends run, as ever). <see cref="Device"/>, when given, is the same edit as intervention blocks of the
+/// lane's tap (resolved per call like <see cref="HookRegistry.AddIntervention(HookKind, int, Func{TapCall, IEnumerable{DeviceIntervention}})"/>:
+/// the <see cref="TapCall"/> carries the lane's tap shape and <see cref="TapCall.Pos0"/>, the lane's first row, or T − 1
+/// for a last-row-only lane's last-layer taps from attn_scores on): on a device backend (<see cref="IDeviceInterventions"/>)
+/// a lane tap whose hooks all have a device form (the session's there all interventions) is edited by kernels, with no
+/// host copy. Its blocks applied with <see cref="DeviceIntervention.ApplyHost"/> must equal what <see cref="Fn"/> does.
+/// </summary>
+public readonly record struct LaneHook(HookKind Kind, int Layer, HookFn Fn, Func<TapCall, IEnumerable<DeviceIntervention>>? Device = null);
 
 /// <summary>
 /// One sequence of a batched pass (<see cref="Session.RunLanes(ReadOnlySpan{SweepLane})"/>): the run of <see cref="Base"/>'s tokens that starts

@@ -21,7 +21,8 @@ public sealed record SessionOptions
 /// Runs a <see cref="Model"/>: one activation arena, a KV cache, a backend and the hooks. One block implementation
 /// drives every family from <see cref="ModelConfig"/> flags. The arena and the cache are buffers of the backend
 /// (host memory for the CPU backends, device memory for a GPU); on the host a tap is the arena itself, on a device the
-/// tapped slot is copied to the host for the hook and back after it. Not thread-safe (one forward at a time).
+/// tapped slot is copied to the host for the hook and back after it, unless every hook there is an intervention (or a
+/// lane hook with a device form), which the backend runs where the tap lives. Not thread-safe (one forward at a time).
 /// <para>
 /// A pass runs one or more <em>lanes</em>: independent sequences whose rows are stacked into one matrix for every
 /// row-wise op (norms, matrix multiplies, activations), while RoPE, attention and the KV cache are per lane. An ordinary
@@ -469,8 +470,9 @@ public sealed partial class Session : IDisposable
             if (own) FireOwn(kind, layer, view, shape, lane);
             return;
         }
-        // Interventions only (patch, ablate, scale, add): run where the tap lives, no host copy.
-        if (session && !own && b is IDeviceInterventions device && Hooks.TryInterventionsOnly(new TapCall(kind, layer, shape, lane.Pos0), _interventions))
+        // Interventions only (patch, ablate, scale, add; the session's, then the lane's device forms): run where the tap
+        // lives, no host copy.
+        if (b is IDeviceInterventions device && DeviceBlocks(new TapCall(kind, layer, shape, lane.Pos0), session, own, lane))
         {
             var (rows, cols) = HookRegistry.InterventionView(kind, shape);
             foreach (var iv in _interventions) device.Apply(iv, data, rows, cols);
@@ -487,6 +489,24 @@ public sealed partial class Session : IDisposable
     }
 
     readonly List<DeviceIntervention> _interventions = [];
+
+    /// <summary>
+    /// Fills <see cref="_interventions"/> with the blocks of one lane's tap when every hook firing there has a device form
+    /// (the session's all interventions, the lane's all with <see cref="LaneHook.Device"/>), in firing order: the
+    /// session's, then the lane's own. False when a host hook is among them.
+    /// </summary>
+    bool DeviceBlocks(in TapCall call, bool session, bool own, in Lane lane)
+    {
+        _interventions.Clear();
+        if (session && !Hooks.TryInterventionsOnly(call, _interventions)) return false;
+        if (!own) return true;
+        var hooks = lane.Hooks!;
+        for (int i = 0; i < hooks.Count; i++)
+            if (hooks[i].Kind == call.Kind && hooks[i].Layer == call.Layer && hooks[i].Device == null) return false;
+        for (int i = 0; i < hooks.Count; i++)
+            if (hooks[i].Kind == call.Kind && hooks[i].Layer == call.Layer) _interventions.AddRange(hooks[i].Device!(call));
+        return true;
+    }
 
     void FireOwn(HookKind kind, int layer, Span<float> data, TapShape shape, in Lane lane)
     {

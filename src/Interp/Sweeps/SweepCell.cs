@@ -95,6 +95,19 @@ public sealed record SweepCell(SweepBase Base, int FirstLayer, int FromRow, IRea
         return Create(c, @base, [new SweepPatch(at, new LaneHook(at.Kind, at.Layer, hook(at)))]);
     }
 
+    /// <summary>
+    /// A cell of one patch at the lifted site of (kind, layer, position) with a lane hook built for that site (e.g.
+    /// <see cref="SitePatch.CopyHook"/>, which carries a device form); the hook must fire at the lifted site.
+    /// </summary>
+    public static SweepCell Single(ModelConfig c, SweepBase @base, PatchSite site, Func<PatchSite, LaneHook> hook)
+    {
+        var at = Lift(c, site);
+        var h = hook(at);
+        if (h.Kind != at.Kind || h.Layer != at.Layer)
+            throw new ArgumentException($"a hook on {h.Kind} at layer {h.Layer} for the site {at.Kind} at layer {at.Layer}", nameof(hook));
+        return Create(c, @base, [new SweepPatch(at, h)]);
+    }
+
     /// <summary>Taps of a layer computed after its attention (from attn_scores to resid_post).</summary>
     public static bool AfterAttention(HookKind k) => HookPoints.IsPerLayer(k) && k >= HookKind.AttnScores;
 
