@@ -23,42 +23,6 @@ public class InterpDeviceEditTests
     const string Device = IlgpuBackends.CpuName;
     const double Tol = 1e-4;
 
-    sealed class Pair : IDisposable
-    {
-        public readonly Fixture Fx;
-        public readonly Model Model;
-        public readonly Session Cpu, Dev;
-        public readonly int[] Clean, Corrupt;
-
-        public Pair(string fixture, bool allLogits = true)
-        {
-            Fx = new Fixture(fixture);
-            Model = Model.Load(Fx.Folder);
-            Cpu = new Session(Model, new SessionOptions { Backend = "cpu", Capacity = 24, AllLogits = allLogits });
-            Dev = new Session(Model, new SessionOptions { Backend = Device, Capacity = 24, AllLogits = allLogits });
-            Clean = Fixture.Ints(Fx.Interp.GetProperty("clean_tokens"));
-            Corrupt = Fixture.Ints(Fx.Interp.GetProperty("corrupt_tokens"));
-        }
-
-        public IlgpuBackend B => (IlgpuBackend)Dev.Backend;
-
-        public void Dispose()
-        {
-            Dev.Dispose();
-            Cpu.Dispose();
-            Model.Dispose();
-            Fx.Dispose();
-        }
-    }
-
-    /// <summary>Floats downloaded and uploaded while <paramref name="run"/> runs on the device session.</summary>
-    static (long Down, long Up) Traffic(Pair p, Action run)
-    {
-        long d = p.B.DownloadedFloats, u = p.B.UploadedFloats;
-        run();
-        return (p.B.DownloadedFloats - d, p.B.UploadedFloats - u);
-    }
-
     /// <summary>
     /// The prompt, then decode steps of forced tokens through the KV cache (1 row at Pos0 = n): every call's logits, and
     /// the traffic of the whole sequence.
@@ -99,21 +63,21 @@ public class InterpDeviceEditTests
     [MemberData(nameof(Edits))]
     public void InterventionsRunOnTheDeviceInPromptAndDecodeSteps(string fixture, string what, int which)
     {
-        using var p = new Pair(fixture);
+        using var p = new CpuDevicePair(fixture);
         var c = p.Model.Config;
         int T = p.Clean.Length;
         var edit = MakeEdit(which, c, T);
         Assert.True(edit.HasDeviceForm);
         // forced decode tokens (the same on both backends), so every step is compared on the same input
         var plainCpu = PromptAndDecode(p.Cpu, p.Clean, [7, 300, 42]);
-        var (plainDown, plainUp) = Traffic(p, () => PromptAndDecode(p.Dev, p.Clean, [7, 300, 42]));
+        var (plainDown, plainUp) = p.Traffic(() => PromptAndDecode(p.Dev, p.Clean, [7, 300, 42]));
         List<float[]> dev, cpu;
         using (edit.Register(p.Cpu)) cpu = PromptAndDecode(p.Cpu, p.Clean, [7, 300, 42]);
         (long Down, long Up) edited;
         using (edit.Register(p.Dev))
         {
             List<float[]>? got = null;
-            edited = Traffic(p, () => got = PromptAndDecode(p.Dev, p.Clean, [7, 300, 42]));
+            edited = p.Traffic(() => got = PromptAndDecode(p.Dev, p.Clean, [7, 300, 42]));
             dev = got!;
         }
         Assert.True(plainDown > 0);
@@ -126,10 +90,10 @@ public class InterpDeviceEditTests
         Assert.Equal(promptEdited, Compare.MaxAbsDiff(cpu[0], plainCpu[0], out _) > 1e-4);
         if (which != 4) Assert.True(Compare.MaxAbsDiff(cpu[^1], plainCpu[^1], out _) > 1e-4, $"{what}: decode steps unchanged");
         // generation (sampling the edited model greedily): the same continuation, and no more traffic than unedited
-        var (gPlainDown, _) = Traffic(p, () => p.Dev.Generate(p.Clean, 5, new SamplingOptions { Temperature = 0, StopAtEos = false }));
+        var (gPlainDown, _) = p.Traffic(() => p.Dev.Generate(p.Clean, 5, new SamplingOptions { Temperature = 0, StopAtEos = false }));
         List<int> gDev = [], gCpu;
         (long Down, long Up) gEdited;
-        using (edit.Register(p.Dev)) gEdited = Traffic(p, () => gDev = p.Dev.Generate(p.Clean, 5, new SamplingOptions { Temperature = 0, StopAtEos = false }));
+        using (edit.Register(p.Dev)) gEdited = p.Traffic(() => gDev = p.Dev.Generate(p.Clean, 5, new SamplingOptions { Temperature = 0, StopAtEos = false }));
         using (edit.Register(p.Cpu)) gCpu = p.Cpu.Generate(p.Clean, 5, new SamplingOptions { Temperature = 0, StopAtEos = false });
         Assert.Equal(gPlainDown, gEdited.Down);
         Assert.Equal(gCpu, gDev);
@@ -142,7 +106,7 @@ public class InterpDeviceEditTests
     [Fact]
     public void AnInterventionBesideAHostHookStillApplies()
     {
-        using var p = new Pair("gpt2");
+        using var p = new CpuDevicePair("gpt2");
         var c = p.Model.Config;
         int T = p.Clean.Length, M = c.DMlp;
         var edit = MakeEdit(0, c, T);
@@ -155,9 +119,9 @@ public class InterpDeviceEditTests
                 s.Run(p.Clean);
             return seen!;
         }
-        long plain = Traffic(p, () => p.Dev.Run(p.Clean)).Down;
+        long plain = p.Traffic(() => p.Dev.Run(p.Clean)).Down;
         float[] dev = [];
-        long down = Traffic(p, () => dev = Seen(p.Dev)).Down;
+        long down = p.Traffic(() => dev = Seen(p.Dev)).Down;
         Assert.Equal(plain + T * M, down);
         var cpu = Seen(p.Cpu);
         Compare.Close(dev, cpu, Tol, "mlp.hook_post after the edit, read by a host hook");
@@ -173,7 +137,7 @@ public class InterpDeviceEditTests
     [InlineData("llama", new[] { PatchActivation.Z, PatchActivation.Pattern })]
     public void ActivationPatchingRunsOnTheDevice(string fixture, PatchActivation[] activations)
     {
-        using var p = new Pair(fixture);
+        using var p = new CpuDevicePair(fixture);
         foreach (var act in activations)
         {
             var options = new PatchOptions { Activation = act, Sweep = SweepOptions.NaiveMode };
@@ -188,9 +152,9 @@ public class InterpDeviceEditTests
         var (_, sourceDev) = p.Dev.RunWithCache(p.Clean, names.Contains);
         var (_, sourceCpu) = p.Cpu.RunWithCache(p.Clean, names.Contains);
         Site[] sites = [new(HookKind.Z, 1, Position: 3, Head: 1), new(HookKind.Pattern, 1, Position: 5, Head: 0), new(HookKind.ResidPre, 0, Position: 2)];
-        var plain = Traffic(p, () => p.Dev.Run(p.Corrupt));
+        var plain = p.Traffic(() => p.Dev.Run(p.Corrupt));
         float[] got = [];
-        var patched = Traffic(p, () => got = ActivationPatching.RunPatched(p.Dev, p.Corrupt, sourceDev, sites));
+        var patched = p.Traffic(() => got = ActivationPatching.RunPatched(p.Dev, p.Corrupt, sourceDev, sites));
         Assert.Equal(plain, patched);
         Compare.Close(got, ActivationPatching.RunPatched(p.Cpu, p.Corrupt, sourceCpu, sites), Tol, $"{fixture}: RunPatched");
     }
@@ -200,7 +164,7 @@ public class InterpDeviceEditTests
     [InlineData("gpt_neox")]
     public void AblationRunsOnTheDevice(string fixture)
     {
-        using var p = new Pair(fixture);
+        using var p = new CpuDevicePair(fixture);
         var c = p.Model.Config;
         HeadRef[] heads = [new(0, 1), new(1, 2), new(c.NLayers - 1, 0)];
         NeuronRef[] neurons = [new(0, 3), new(1, 7)];
@@ -210,7 +174,7 @@ public class InterpDeviceEditTests
             new AblationOptions { Mode = AblationMode.Mean, Heads = heads, Neurons = neurons, MeanPrompts = [p.Corrupt, p.Clean[..5]], Sweep = SweepOptions.NaiveMode },
             new AblationOptions { Mode = AblationMode.Resample, Heads = heads, Neurons = neurons, ResamplePrompts = [p.Corrupt], Together = true, Sweep = SweepOptions.NaiveMode },
         };
-        long plain = Traffic(p, () => p.Dev.Run(p.Clean)).Down;
+        long plain = p.Traffic(() => p.Dev.Run(p.Clean)).Down;
         // what the method caches: z of the heads' layers and hook_post of the neurons' layers
         bool Cached(string name) => HookPoints.TryParse(name, out var k, out int l)
             && ((k == HookKind.Z && heads.Any(h => h.Layer == l)) || (k == HookKind.MlpPost && neurons.Any(n => n.Layer == l)));
@@ -219,9 +183,9 @@ public class InterpDeviceEditTests
             var cpu = HeadAblation.Run(p.Cpu, p.Clean, null, o);
             var prompts = o.Mode == AblationMode.Mean ? o.MeanPrompts! : o.Mode == AblationMode.Resample ? o.ResamplePrompts! : [];
             long cacheRuns = 0;
-            foreach (var prompt in prompts) cacheRuns += Traffic(p, () => p.Dev.RunWithCache(prompt, Cached)).Down;
+            foreach (var prompt in prompts) cacheRuns += p.Traffic(() => p.Dev.RunWithCache(prompt, Cached)).Down;
             AblationResult dev = null!;
-            var traffic = Traffic(p, () => dev = HeadAblation.Run(p.Dev, p.Clean, cpu.Target, o));
+            var traffic = p.Traffic(() => dev = HeadAblation.Run(p.Dev, p.Clean, cpu.Target, o));
             Assert.Equal(cpu.Entries.Count, dev.Entries.Count);
             for (int i = 0; i < cpu.Entries.Count; i++)
                 Assert.True(Math.Abs(cpu.Entries[i].Logit - dev.Entries[i].Logit) <= Tol, $"{fixture} {o.Mode} {cpu.Entries[i].Label}: {dev.Entries[i].Logit} vs {cpu.Entries[i].Logit}");
@@ -235,17 +199,17 @@ public class InterpDeviceEditTests
     [Fact]
     public void CausalTraceRunsOnTheDevice()
     {
-        using var p = new Pair("gpt2");
+        using var p = new CpuDevicePair("gpt2");
         var c = p.Model.Config;
         int[] tokens = p.Clean[..5], subject = [1, 2];
         var noise = TraceNoise.Generate(p.Model, subject.Length, null, samples: 2, seed: 3);
         var options = new TraceOptions { Mlp = false, Window = 2, Sweep = SweepOptions.NaiveMode };
         var cpu = CausalTrace.Run(p.Cpu, tokens, subject, noise, null, options);
         var names = new HashSet<string>(Enumerable.Range(0, c.NLayers).SelectMany(l => new[] { HookPoints.Name(HookKind.ResidPost, l), HookPoints.Name(HookKind.AttnOut, l) }));
-        long cacheRun = Traffic(p, () => p.Dev.RunWithCache(tokens, names.Contains)).Down;
-        long plain = Traffic(p, () => p.Dev.Run(tokens)).Down;
+        long cacheRun = p.Traffic(() => p.Dev.RunWithCache(tokens, names.Contains)).Down;
+        long plain = p.Traffic(() => p.Dev.Run(tokens)).Down;
         TraceResult dev = null!;
-        var traffic = Traffic(p, () => dev = CausalTrace.Run(p.Dev, tokens, subject, noise, cpu.Target, options));
+        var traffic = p.Traffic(() => dev = CausalTrace.Run(p.Dev, tokens, subject, noise, cpu.Target, options));
         Assert.True(Math.Abs(cpu.CorruptProb - dev.CorruptProb) <= Tol);
         Assert.True(Math.Abs(cpu.CleanProb - cpu.CorruptProb) > 1e-3, "the noise changed nothing");
         CloseGrid(dev.Resid!.Data, cpu.Resid!.Data, "causal trace resid");
@@ -262,7 +226,7 @@ public class InterpDeviceEditTests
     [Fact]
     public void NoiseMakingRunsOnTheDevice()
     {
-        using var p = new Pair("llama");
+        using var p = new CpuDevicePair("llama");
         var c = p.Model.Config;
         int target = Session.ArgMax(InterpMath.LastRow(p.Cpu.Run(p.Clean), c.VocabSize));
         var metric = new MetricSpec(OutputMetric.LogProb, target);
@@ -270,10 +234,10 @@ public class InterpDeviceEditTests
         var options = new NoiseOptions { SigmaRel = 2, Samples = 2, Seed = 5 };
         var cpu = NoiseMaking.Run(p.Cpu, p.Clean, comps, metric, options);
         var names = comps.Select(x => x.HookName).ToHashSet();
-        long cacheRun = Traffic(p, () => p.Dev.RunWithCache(p.Clean, names.Contains)).Down;
-        long plain = Traffic(p, () => p.Dev.Run(p.Clean)).Down;
+        long cacheRun = p.Traffic(() => p.Dev.RunWithCache(p.Clean, names.Contains)).Down;
+        long plain = p.Traffic(() => p.Dev.Run(p.Clean)).Down;
         NoiseResult dev = null!;
-        var traffic = Traffic(p, () => dev = NoiseMaking.Run(p.Dev, p.Clean, comps, metric, options));
+        var traffic = p.Traffic(() => dev = NoiseMaking.Run(p.Dev, p.Clean, comps, metric, options));
         for (int i = 0; i < comps.Length; i++)
         {
             Assert.Equal(cpu.Components[i].Sigma, dev.Components[i].Sigma, 5);
@@ -286,7 +250,7 @@ public class InterpDeviceEditTests
     [Fact]
     public void SteeringCompareWithFrozenAttentionRunsOnTheDevice()
     {
-        using var p = new Pair("gpt2", allLogits: false);
+        using var p = new CpuDevicePair("gpt2", allLogits: false);
         var c = p.Model.Config;
         var v = Enumerable.Range(0, c.DModel).Select(i => MathF.Cos(0.3f * i)).ToArray();
         Intervention[] edits =
@@ -295,9 +259,9 @@ public class InterpDeviceEditTests
             ScaleIntervention.Head(0, 2, scale: 0),
         ];
         var cpu = Steering.Compare(p.Cpu, p.Clean, edits, 6, freezeAttention: true, stopAtEos: false);
-        var (plain, _) = Traffic(p, () => Steering.Compare(p.Dev, p.Clean, [], 6, freezeAttention: true, stopAtEos: false));
+        var (plain, _) = p.Traffic(() => Steering.Compare(p.Dev, p.Clean, [], 6, freezeAttention: true, stopAtEos: false));
         SteerResult dev = null!;
-        var (down, _) = Traffic(p, () => dev = Steering.Compare(p.Dev, p.Clean, edits, 6, freezeAttention: true, stopAtEos: false));
+        var (down, _) = p.Traffic(() => dev = Steering.Compare(p.Dev, p.Clean, edits, 6, freezeAttention: true, stopAtEos: false));
         Compare.Close(dev.LogitsAfter, cpu.LogitsAfter, Tol, "steered logits");
         Assert.Equal(cpu.ContinuationAfter, dev.ContinuationAfter);
         Assert.True(cpu.Kl > 1e-6);

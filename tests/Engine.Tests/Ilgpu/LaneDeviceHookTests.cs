@@ -24,41 +24,6 @@ public class LaneDeviceHookTests
     const string Device = IlgpuBackends.CpuName;
     const double Tol = 1e-4;
 
-    sealed class Pair : IDisposable
-    {
-        public readonly Fixture Fx;
-        public readonly Model Model;
-        public readonly Session Cpu, Dev;
-        public readonly int[] Clean, Corrupt;
-
-        public Pair(string fixture)
-        {
-            Fx = new Fixture(fixture);
-            Model = Model.Load(Fx.Folder);
-            Cpu = new Session(Model, new SessionOptions { Backend = "cpu", Capacity = 24 });
-            Dev = new Session(Model, new SessionOptions { Backend = Device, Capacity = 24 });
-            Clean = Fixture.Ints(Fx.Interp.GetProperty("clean_tokens"));
-            Corrupt = Fixture.Ints(Fx.Interp.GetProperty("corrupt_tokens"));
-        }
-
-        public IlgpuBackend B => (IlgpuBackend)Dev.Backend;
-
-        public (long Down, long Up) Traffic(Action run)
-        {
-            long d = B.DownloadedFloats, u = B.UploadedFloats;
-            run();
-            return (B.DownloadedFloats - d, B.UploadedFloats - u);
-        }
-
-        public void Dispose()
-        {
-            Dev.Dispose();
-            Cpu.Dispose();
-            Model.Dispose();
-            Fx.Dispose();
-        }
-    }
-
     /// <summary>
     /// Lanes of one base with the kinds of lane hooks the sweeps build (copies from another run's tensors by position,
     /// head, (position, head), pattern row and neuron; zero and per-head mean fills; a constant fill), some from z, some
@@ -102,7 +67,7 @@ public class LaneDeviceHookTests
     [InlineData("llama")]
     public void LaneHooksWithADeviceFormMakeNoHostRoundTrip(string fixture)
     {
-        using var p = new Pair(fixture);
+        using var p = new CpuDevicePair(fixture);
         var c = p.Model.Config;
         int V = c.VocabSize;
         // the other run's tensors (one host array per tap, shared by both backends' lanes)
@@ -149,7 +114,7 @@ public class LaneDeviceHookTests
     [Fact]
     public void LaneDeviceFormsBesideSessionHooks()
     {
-        using var p = new Pair("gpt2");
+        using var p = new CpuDevicePair("gpt2");
         var c = p.Model.Config;
         int V = c.VocabSize, D = c.DModel, T = p.Clean.Length;
         var src = p.Cpu.RunWithCache(p.Corrupt, n => n == "blocks.1.hook_resid_pre").Cache["blocks.1.hook_resid_pre"].Data;
@@ -200,7 +165,7 @@ public class LaneDeviceHookTests
     [InlineData("llama", PatchActivation.Z, true)]
     public void FastActivationPatchingMakesNoTapRoundTrip(string fixture, PatchActivation act, bool perPosition)
     {
-        using var p = new Pair(fixture);
+        using var p = new CpuDevicePair(fixture);
         var c = p.Model.Config;
         var cells = new List<SweepCell>();
         var options = new PatchOptions { Activation = act, PerPosition = perPosition, Sweep = SweepOptions.Default with { OnCell = cells.Add } };
@@ -225,7 +190,7 @@ public class LaneDeviceHookTests
     [Fact]
     public void FastZeroAblationOfEveryHeadMakesNoTapRoundTrip()
     {
-        using var p = new Pair("gpt2");
+        using var p = new CpuDevicePair("gpt2");
         var options = new AblationOptions();
         var cpu = HeadAblation.Run(p.Cpu, p.Clean, null, options);
         var plain = p.Traffic(() => p.Dev.Run(p.Clean));
@@ -243,7 +208,7 @@ public class LaneDeviceHookTests
     [Fact]
     public void FastCausalTraceMakesNoTapRoundTrip()
     {
-        using var p = new Pair("gpt2");
+        using var p = new CpuDevicePair("gpt2");
         var c = p.Model.Config;
         int[] tokens = p.Clean[..6], subject = [1, 2];
         var noise = TraceNoise.Generate(p.Model, subject.Length, null, samples: 2, seed: 3);
