@@ -373,7 +373,7 @@ public sealed class IlgpuBackend : IBackend, IDeviceInterventions
         if (rows == 0 || s.HeadDim == 0) return;
         int kv = s.Keys * s.KvHeads * s.HeadDim, qz = s.Rows * s.Heads * s.HeadDim, warps = _tune.AttnWarps;
         _dev.K.Flash(new KernelConfig((rows + warps - 1) / warps, warps * AttentionKernels.Lanes),
-            V(q).SubView(0, qz), V(k).SubView(0, kv), V(v).SubView(0, kv), V(z).SubView(0, qz), Dims(s));
+            V(q).SubView(0, qz), V(k).SubView(0, kv), V(v).SubView(0, kv), V(z).SubView(0, qz), Dims(s), SpecializedValue.New(s.HeadDim));
     }
 
     public void Activation(ActivationKind kind, DeviceSpan x, DeviceSpan y)

@@ -276,8 +276,8 @@ public sealed class IlgpuDevice : IDisposable
             new(() => a.LoadStreamKernel<ArrayView<float>, ArrayView<float>, AttnDims>(AttentionKernels.SoftmaxKernel));
         readonly Lazy<Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttnDims>> _mix =
             new(() => a.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, AttnDims>(AttentionKernels.MixKernel));
-        readonly Lazy<Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttnDims>> _flash =
-            new(() => a.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttnDims>(AttentionKernels.FlashKernel));
+        readonly Lazy<Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttnDims, SpecializedValue<int>>> _flash =
+            new(() => a.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttnDims, SpecializedValue<int>>(AttentionKernels.FlashKernel));
 
         public Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<Half>, ArrayView<ushort>, ArrayView<float>, ArrayView<float>, MatMulDims,
             SpecializedValue<int>, SpecializedValue<int>, SpecializedValue<int>, SpecializedValue<int>> MatMul => _mm.Value;
@@ -299,7 +299,7 @@ public sealed class IlgpuDevice : IDisposable
         public Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttnDims> Scores => _scores.Value;
         public Action<KernelConfig, ArrayView<float>, ArrayView<float>, AttnDims> Softmax => _softmax.Value;
         public Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttnDims> Mix => _mix.Value;
-        public Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttnDims> Flash => _flash.Value;
+        public Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttnDims, SpecializedValue<int>> Flash => _flash.Value;
     }
 
     /// <summary>

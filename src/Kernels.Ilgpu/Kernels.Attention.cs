@@ -127,7 +127,9 @@ internal static class AttentionKernels
     /// 0 * v still propagates a NaN (or inf) of v. The running max starts at -inf: while it is -inf the weights are 0 and
     /// the rescale factor is 0 (exp(-inf - -inf) would be NaN where the reference has none).
     /// </summary>
-    public static void FlashKernel(ArrayView<float> q, ArrayView<float> k, ArrayView<float> v, ArrayView<float> z, AttnDims s)
+    /// <param name="headDim">The head size, specialised: each model's head size gets its own compiled kernel, whose
+    /// loops over the head dims (staging, dot products, the accumulator) have constant bounds.</param>
+    public static void FlashKernel(ArrayView<float> q, ArrayView<float> k, ArrayView<float> v, ArrayView<float> z, AttnDims s, SpecializedValue<int> headDim)
     {
         var sh = SharedMemory.Allocate<float>(FlashMaxWarps * FlashPerWarp);
         int lane = Warp.LaneIdx, warp = Warp.WarpIdx;
@@ -135,7 +137,7 @@ internal static class AttentionKernels
         int r = Grid.IdxX * warps + warp;
         if (r >= s.Heads * s.Rows) return;                         // a whole warp leaves: only warp barriers below
         int h = r / s.Rows, t = r % s.Rows;
-        int d = s.HeadDim, n = s.Pos0 + t + 1;
+        int d = headDim, n = s.Pos0 + t + 1;
         int kvs = s.KvHeads * d, kvb = (h / s.Group) * d, qb = (t * s.Heads + h) * d;
         int skb = warp * FlashPerWarp, sqb = skb + Lanes * FlashKStride, ssb = sqb + FlashChunk, spb = ssb + Lanes;
         bool qOnce = d <= FlashChunk;                               // one pass: q is staged once, before the first tile
