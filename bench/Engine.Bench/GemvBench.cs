@@ -82,7 +82,7 @@ public static unsafe class GemvBench
                     for (int i = 0; i < calls; i++) reader.Read(ws[i % matrices].W.Data, c.Bytes);
                     plain.Add(calls * (double)c.Bytes / Stopwatch.GetElapsedTime(t0).TotalSeconds / 1e9);
                 }
-                double e = Median(engine), p = Median(plain);
+                double e = SweepBenchmarks.Median(engine), p = SweepBenchmarks.Median(plain);
                 Console.WriteLine($"| {c.Label} | {c.Bytes / 1e6:F1} | {e:F1} | {p:F1} | {e / p:F2} | {e * 1e9 / peak.ReadBytesAllCores:F2} |");
             }
         }
@@ -94,12 +94,6 @@ public static unsafe class GemvBench
     }
 
     static string Name(Case c, int s) => $"{c.Label.Replace(' ', '_').Replace("->", "_")}_{s}";
-
-    static double Median(List<double> xs)
-    {
-        var s = xs.Order().ToArray();
-        return s.Length % 2 == 1 ? s[s.Length / 2] : 0.5 * (s[s.Length / 2 - 1] + s[s.Length / 2]);
-    }
 
     /// <summary>Sums a byte range as floats on the worker pool's threads (contiguous halves), four independent chains.</summary>
     sealed class ReadWork : IParallelWork

@@ -245,7 +245,7 @@ public static class SweepBenchmarks
         return m;
     }
 
-    static double Median(IReadOnlyList<double> xs)
+    internal static double Median(IReadOnlyList<double> xs)
     {
         if (xs.Count == 0) return double.NaN;
         var s = xs.Order().ToArray();

@@ -101,30 +101,22 @@ public static class InterpMath
     }
 
     /// <summary>Runs tokens with the given extra hooks (removed afterwards); returns a copy of the last logits row.</summary>
-    public static float[] RunLast(Session s, ReadOnlySpan<int> tokens, IEnumerable<(HookKind Kind, int Layer, HookFn Fn)> hooks)
-    {
-        var handles = new List<IDisposable>();
-        try
-        {
-            foreach (var (k, l, fn) in hooks) handles.Add(s.Hooks.Add(k, l, fn));
-            return LastRow(s.Run(tokens), s.Config.VocabSize).ToArray();
-        }
-        finally
-        {
-            foreach (var h in handles) h.Dispose();
-        }
-    }
+    public static float[] RunLast(Session s, ReadOnlySpan<int> tokens, IEnumerable<(HookKind Kind, int Layer, HookFn Fn)> hooks) =>
+        RunLastWith(s, tokens, hooks.Select(h => (Func<IDisposable>)(() => s.Hooks.Add(h.Kind, h.Layer, h.Fn))));
 
     /// <summary>
     /// Runs tokens with the given edits registered as interventions (removed afterwards; on a GPU backend they run as
     /// kernels, no tap is copied to the host); returns a copy of the last logits row.
     /// </summary>
-    public static float[] RunLastEdited(Session s, ReadOnlySpan<int> tokens, IEnumerable<EditHook> edits)
+    public static float[] RunLastEdited(Session s, ReadOnlySpan<int> tokens, IEnumerable<EditHook> edits) =>
+        RunLastWith(s, tokens, edits.Select(e => (Func<IDisposable>)(() => e.Register(s))));
+
+    static float[] RunLastWith(Session s, ReadOnlySpan<int> tokens, IEnumerable<Func<IDisposable>> registrations)
     {
         var handles = new List<IDisposable>();
         try
         {
-            foreach (var e in edits) handles.Add(e.Register(s));
+            foreach (var register in registrations) handles.Add(register());
             return LastRow(s.Run(tokens), s.Config.VocabSize).ToArray();
         }
         finally

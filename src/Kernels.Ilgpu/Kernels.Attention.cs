@@ -126,9 +126,9 @@ internal static class AttentionKernels
     /// score makes the row NaN, a row whose visible scores are all -inf is 0/0 = NaN, -inf scores weigh exactly 0, and
     /// 0 * v still propagates a NaN (or inf) of v. The running max starts at -inf: while it is -inf the weights are 0 and
     /// the rescale factor is 0 (exp(-inf - -inf) would be NaN where the reference has none).
+    /// headDim (= s.HeadDim) is specialised: each head size gets its own compiled kernel, whose loops over the head dims
+    /// (staging, dot products, the accumulator) have constant bounds.
     /// </summary>
-    /// <param name="headDim">The head size, specialised: each model's head size gets its own compiled kernel, whose
-    /// loops over the head dims (staging, dot products, the accumulator) have constant bounds.</param>
     public static void FlashKernel(ArrayView<float> q, ArrayView<float> k, ArrayView<float> v, ArrayView<float> z, AttnDims s, SpecializedValue<int> headDim)
     {
         var sh = SharedMemory.Allocate<float>(FlashMaxWarps * FlashPerWarp);

@@ -97,9 +97,16 @@ public sealed class HookRegistry
     /// <summary>Registers fn on one hook by its full name; unknown names and hooks this model lacks are errors.</summary>
     public IDisposable Add(string name, HookFn fn)
     {
+        var (kind, layer) = Resolve(name);
+        return Add(kind, layer, fn);
+    }
+
+    /// <summary>The hook point of a full hook name; unknown names and hooks this model lacks are errors.</summary>
+    (HookKind Kind, int Layer) Resolve(string name)
+    {
         if (!HookPoints.TryParse(name, out var kind, out int layer) || (layer >= _config.NLayers) || !HookPoints.Exists(_config, kind))
             throw new UsageException($"hook '{name}' does not exist in this {_config.ModelType} model (see `engine info` for the list)");
-        return Add(kind, layer, fn);
+        return (kind, layer);
     }
 
     /// <summary>Registers fn on every hook whose name passes the filter; returns one handle for all.</summary>
@@ -147,8 +154,7 @@ public sealed class HookRegistry
     /// <inheritdoc cref="AddIntervention(HookKind, int, DeviceIntervention)"/>
     public IDisposable AddIntervention(string name, DeviceIntervention intervention)
     {
-        if (!HookPoints.TryParse(name, out var kind, out int layer) || (layer >= _config.NLayers) || !HookPoints.Exists(_config, kind))
-            throw new UsageException($"hook '{name}' does not exist in this {_config.ModelType} model (see `engine info` for the list)");
+        var (kind, layer) = Resolve(name);
         return AddIntervention(kind, layer, intervention);
     }
 
@@ -169,8 +175,7 @@ public sealed class HookRegistry
     /// <inheritdoc cref="AddIntervention(HookKind, int, Func{TapCall, IEnumerable{DeviceIntervention}})"/>
     public IDisposable AddIntervention(string name, Func<TapCall, IEnumerable<DeviceIntervention>> resolve)
     {
-        if (!HookPoints.TryParse(name, out var kind, out int layer) || (layer >= _config.NLayers) || !HookPoints.Exists(_config, kind))
-            throw new UsageException($"hook '{name}' does not exist in this {_config.ModelType} model (see `engine info` for the list)");
+        var (kind, layer) = Resolve(name);
         return AddIntervention(kind, layer, resolve);
     }
 

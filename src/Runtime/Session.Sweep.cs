@@ -1,3 +1,5 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
 using Engine.Kernels;
 using Engine.Loader;
 
@@ -132,7 +134,7 @@ public sealed partial class Session
 
     int[] _selectedColumns = [];
     Linear? _selectedUnembed;
-    SelectedRows? _selectedRows;
+    float[] _selectedRows = [];        // pinned (a TensorView needs a fixed address)
 
     /// <summary>
     /// The unembedding restricted to some vocabulary entries: their weight rows widened to F32, as an out-major
@@ -143,44 +145,19 @@ public sealed partial class Session
         if (_selectedUnembed != null && columns.SequenceEqual(_selectedColumns)) return _selectedUnembed;
         var u = Model.Weights.Unembed;
         int C = columns.Length, D = u.In;
-        var rows = new SelectedRows((long)C * D);
-        float* dst = rows.Data;
-        byte* w = u.W.Data;
-        int size = u.DType.Size();
+        var rows = GC.AllocateUninitializedArray<float>(Math.Max(1, C * D), pinned: true);
         for (int j = 0; j < C; j++)
-            for (int k = 0; k < D; k++)
-            {
-                long e = u.InputMajor ? (long)k * u.Out + columns[j] : (long)columns[j] * D + k;
-                byte* p = w + e * size;
-                dst[(long)j * D + k] = u.DType switch
-                {
-                    DType.F32 => *(float*)p,
-                    DType.BF16 => BitConverter.Int32BitsToSingle(*(ushort*)p << 16),
-                    DType.F16 => (float)*(Half*)p,
-                    _ => throw new NotSupportedException($"unembedding of dtype {u.DType}"),
-                };
-            }
+        {
+            var row = rows.AsSpan(j * D, D);
+            if (!u.InputMajor) u.W.Widen((long)columns[j] * D, row);
+            else for (int k = 0; k < D; k++) row[k] = u.W.Get((long)k * u.Out + columns[j]);
+        }
         float[]? bias = u.Bias == null ? null : columns.ToArray().Select(col => u.Bias[col]).ToArray();
         var info = new TensorInfo($"{u.W.Name}[{C} selected rows]", DType.F32, [C, D], 0, (long)C * D * sizeof(float), "");
-        _selectedRows?.Dispose();
         _selectedRows = rows;
         _selectedColumns = columns.ToArray();
-        _selectedUnembed = new Linear(new TensorView(info, (byte*)dst), false, bias, D, C);
+        _selectedUnembed = new Linear(new TensorView(info, (byte*)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(rows))), false, bias, D, C);
         return _selectedUnembed;
-    }
-
-    /// <summary>Native memory holding selected unembedding rows (a TensorView needs a fixed address).</summary>
-    sealed unsafe class SelectedRows : IDisposable
-    {
-        public float* Data { get; private set; }
-        public SelectedRows(long floats) => Data = (float*)System.Runtime.InteropServices.NativeMemory.AlignedAlloc((nuint)(Math.Max(1, floats) * sizeof(float)), 64);
-        public void Dispose()
-        {
-            if (Data != null) System.Runtime.InteropServices.NativeMemory.AlignedFree(Data);
-            Data = null;
-            GC.SuppressFinalize(this);
-        }
-        ~SelectedRows() => Dispose();
     }
 
     void CaptureZ(int layer, DeviceSpan z) => Backend.Copy(z, _capture!.Z(layer, 0, _capture.Length));

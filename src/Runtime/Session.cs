@@ -534,7 +534,6 @@ public sealed partial class Session : IDisposable
         _sweep?.Dispose();
         _attnArena?.Dispose();
         if (_ownsBackend) Backend.Dispose();
-        _selectedRows?.Dispose();
     }
 
     /// <summary>

@@ -40,7 +40,7 @@ public sealed class SitePatch
         _fullRowStride = _headFirst ? fullShape.D2 : (int)(fullShape.Elements / fullShape.D0);
         var list = new List<Seg>();
         int rows = _headFirst ? fullShape.D1 : fullShape.D0;
-        int rowStride = _headFirst ? fullShape.D2 : (int)(fullShape.Elements / fullShape.D0);
+        int rowStride = _fullRowStride;
         foreach (var (o, n, h) in site.Segments(fullShape))
         {
             if (_headFirst)
@@ -57,12 +57,8 @@ public sealed class SitePatch
     /// <summary>Offset in the tap of a segment, checking that its position is one of the tap's rows.</summary>
     int TapOffset(in Seg s, Tap tap)
     {
-        int r = s.Row - tap.Pos0;
-        int rows = _headFirst ? tap.Shape.D1 : tap.Shape.D0;
-        if ((uint)r >= (uint)rows)
-            throw new SweepScheduleException($"{_what}: position {s.Row} is not among the tap's rows {tap.Pos0}..{tap.Pos0 + rows - 1} (a cell started after what it patches)");
-        if (_headFirst) return (s.Head * rows + r) * tap.Shape.D2 + s.Inner;
-        return r * (int)(tap.Shape.Elements / tap.Shape.D0) + s.Inner;
+        var call = TapCall.Of(tap);
+        return ViewRow(s, call) * call.Cols + s.Inner;       // the [rows, cols] view is the tap's row-major layout
     }
 
     /// <summary>Copies the site from a full tensor of the other run (same T) into the tap.</summary>
