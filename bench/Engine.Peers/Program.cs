@@ -50,6 +50,8 @@ sealed class PeersTool
           --stream-matrices N    distinct weight matrices rotated in the from-memory matrix-vector case (default 16)
           --noise-limit C        discard rounds during which other processes used more than C cores (default 0.3)
           --quiet-wait S         before each figure, wait up to S seconds for the machine to be quiet (default 30)
+          --openblas-core C      OPENBLAS_CORETYPE for OpenBLAS (default Cooperlake, its AVX-512 kernels; overrides the
+                                 environment's value; 'env': keep the environment's)
           --cache DIR            converted GGUF/ONNX files and verification models (default weights/peers)
           --json FILE            write the JSON document (schema in bench/Engine.Peers/README.md)
           --no-verify            skip the logit checks
@@ -60,6 +62,7 @@ sealed class PeersTool
     readonly HashSet<string> _peers = ["llamacpp", "onnx", "openblas", "engine"];
     int[] _prefill = [16, 128, 512];
     int _decode = 128, _repeat = 5, _threads = 2, _streamMatrices = 16;
+    string _openBlasCore = "Cooperlake";
     string _ggufType = "auto", _llamaKv = "f16", _llamaFa = "auto", _cache = Path.Combine("weights", "peers");
     string? _json;
     bool _verify = true, _verbose;
@@ -107,6 +110,7 @@ sealed class PeersTool
                 case "--llama-fa": _llamaFa = Next() is "auto" or "on" or "off" ? args[i] : throw new UsageException("--llama-fa: auto, on or off"); break;
                 case "--noise-limit": _noiseLimit = double.TryParse(Next(), NumberStyles.Float, CultureInfo.InvariantCulture, out var nl) && nl > 0 ? nl : throw new UsageException("--noise-limit: a positive number of cores"); break;
                 case "--quiet-wait": _quietWait = NextInt(0); break;
+                case "--openblas-core": _openBlasCore = Next(); break;
                 case "--cache": _cache = Next(); break;
                 case "--json": _json = Next(); break;
                 case "--no-verify": _verify = false; break;
@@ -246,7 +250,8 @@ sealed class PeersTool
     JsonNode RunMatMul()
     {
         var result = new JsonObject();
-        bool blas = OpenBlas.TryLoad("Cooperlake", _threads);
+        string? envCore = Environment.GetEnvironmentVariable("OPENBLAS_CORETYPE");
+        bool blas = OpenBlas.TryLoad(_openBlasCore, _threads);
         if (!blas) { Skip("openblas", null, OpenBlas.Error!); result["openblas"] = null; result["skipped"] = OpenBlas.Error; }
         else
         {
@@ -256,9 +261,13 @@ sealed class PeersTool
                 ["config"] = OpenBlas.Config,
                 ["corename"] = OpenBlas.CoreName,
                 ["threads"] = OpenBlas.Threads,
-                ["OPENBLAS_CORETYPE"] = Environment.GetEnvironmentVariable("OPENBLAS_CORETYPE") ?? "(set natively by the tool: Cooperlake unless given)",
+                ["OPENBLAS_CORETYPE"] = OpenBlas.CoreType,
+                ["OPENBLAS_CORETYPE_environment"] = envCore,
             };
-            _log.WriteLine($"OpenBLAS: {OpenBlas.Config}, core {OpenBlas.CoreName}, {OpenBlas.Threads} threads");
+            _log.WriteLine($"OpenBLAS: {OpenBlas.Config}, core {OpenBlas.CoreName} (OPENBLAS_CORETYPE={OpenBlas.CoreType}" +
+                (envCore != null && envCore != OpenBlas.CoreType ? $", overriding the environment's {envCore}" : "") + $"), {OpenBlas.Threads} threads");
+            if (!string.Equals(OpenBlas.CoreName, OpenBlas.CoreType, StringComparison.OrdinalIgnoreCase))
+                _log.WriteLine($"  note: OpenBLAS runs core {OpenBlas.CoreName}, not the requested {OpenBlas.CoreType}");
         }
         var cases = MatMulBench.DefaultCases(_streamMatrices);
         var rows = new JsonArray();

@@ -26,14 +26,22 @@ public static unsafe class OpenBlas
     [DllImport("libc", EntryPoint = "setenv")]
     static extern int SetEnv(string name, string value, int overwrite);
 
-    /// <summary>Loads the library (once). Existing OPENBLAS_* variables win over the defaults given here.</summary>
+    /// <summary>The OPENBLAS_CORETYPE the library was loaded with (null: none, it detected the CPU itself).</summary>
+    public static string? CoreType { get; private set; }
+
+    /// <summary>
+    /// Loads the library (once) with OPENBLAS_CORETYPE = coreType ("env": the environment's value, if any) and
+    /// OPENBLAS_NUM_THREADS = threads unless that is set. The core type overrides the environment: a machine-wide
+    /// OPENBLAS_CORETYPE=Haswell (seen here) would otherwise hold OpenBLAS to its AVX2 kernels on an AVX-512 CPU.
+    /// </summary>
     public static bool TryLoad(string coreType, int threads)
     {
         if (LoadedFrom != null) return true;
         if (Error != null) return false;
         try
         {
-            if (Environment.GetEnvironmentVariable("OPENBLAS_CORETYPE") == null) SetEnv("OPENBLAS_CORETYPE", coreType, 0);
+            if (coreType != "env") SetEnv("OPENBLAS_CORETYPE", coreType, 1);
+            CoreType = coreType != "env" ? coreType : Environment.GetEnvironmentVariable("OPENBLAS_CORETYPE");
             if (Environment.GetEnvironmentVariable("OPENBLAS_NUM_THREADS") == null) SetEnv("OPENBLAS_NUM_THREADS", threads.ToString(), 0);
         }
         catch (Exception e) { Error = $"cannot set OPENBLAS_CORETYPE in the native environment ({e.Message})"; return false; }

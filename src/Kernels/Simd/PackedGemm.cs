@@ -4,39 +4,26 @@ using System.Runtime.Intrinsics;
 namespace Engine.Kernels.Simd;
 
 /// <summary>
-/// Packed, cache-blocked matrix multiply for many rows (prefill), AVX-512. One micro-kernel: a tile of 12 "broadcast"
-/// rows × 32 "vector" columns (24 accumulators) over a K block, both operands packed contiguously (A as [kc][12],
-/// B as [kc][32], widened from BF16/F16 while packing): one pointer each, constant offsets, the B panel in L1, no
-/// cache-set conflicts from large power-of-two row strides.
-/// <list type="bullet">
-/// <item>input-major W [K, N] (GPT-2 Conv1D): vectors = W panels (32 output columns), packed per K block from whole
-/// 128-column row segments read in memory order (<see cref="InMajorBlock{TW}"/>), broadcasts = x rows; the tile is
-/// 12 rows of y.</item>
-/// <item>out-major W [N, K] (nn.Linear): vectors = packed panels of xᵀ (32 rows of x), broadcasts = W rows (read in
-/// place for F32, widened into a small scratch for BF16/F16); the tile is 12 outputs × 32 rows, stored transposed.</item>
-/// </list>
-/// Per output element the arithmetic is one FMA chain over k ascending starting from 0, then + bias: the same as
-/// <c>Gemm.InMajor</c> and independent of tiling and thread count.
+/// Packed, cache-blocked matrix multiply for many rows (prefill) through out-major weights W [N, K] (nn.Linear), AVX-512,
+/// computed as Cᵀ = W xᵀ: vectors = packed panels of xᵀ (32 rows of x, packed once per call), broadcasts = W rows (packed
+/// per K block as [kc][12], widened from BF16/F16); one micro-kernel, a tile of 12 outputs × 32 rows (24 accumulators),
+/// stored transposed. Both operands contiguous: one pointer each, constant offsets, the xᵀ panel in L1.
+/// Per output element the arithmetic is one FMA chain over k ascending starting from 0, then + bias, independent of
+/// tiling and thread count. (Input-major weights take the broadcast form of <c>Gemm.InMajor</c> on the weights in place.)
 /// </summary>
 internal static unsafe class PackedGemm
 {
     public const int MR = 12, NR = 32, KC = 256;
 
     /// <summary>
-    /// Weight rows the input-major packing prefetches ahead. Each row segment it packs (512 bytes of F32) lies in another
-    /// 4 KiB page, where the hardware prefetchers stop, so without this the few-row prefill waits on every row: measured
-    /// 16-token GPT-2-small prefill 41–70 ms → 37–62 ms, no change at 64 and 128 tokens.
+    /// Rows from which this path is used, for out-major weights only: xᵀ is packed per call, which pays from 256 rows
+    /// (measured on the GPT-2-small and SmolLM2 shapes; below that the dot-form kernels of <see cref="Gemm"/> are faster).
+    /// Input-major weights never take it: the broadcast form of <see cref="Gemm"/> on the weights in place (6 × 64 tiles, K
+    /// blocks of 384) measured 1.2–1.5× faster at every row count from 16 to 768 (2026-12-07, weights from memory).
     /// </summary>
-    const int PackPrefetchRows = 4;
+    public const int MinRowsOutMajor = 256;
 
-    /// <summary>
-    /// Rows from which this path is used: input-major weights are read in place, so it pays from 16 rows; out-major
-    /// weights are transposed into A tiles per call, which pays only from 256 rows (measured on the GPT-2-small and
-    /// SmolLM2 shapes; below that the dot-form kernels of <see cref="Gemm"/> are faster).
-    /// </summary>
-    public const int MinRowsInputMajor = 16, MinRowsOutMajor = 256;
-
-    public static bool Use(int rows, bool inputMajor) => rows >= (inputMajor ? MinRowsInputMajor : MinRowsOutMajor);
+    public static bool Use(int rows, bool inputMajor) => !inputMajor && rows >= MinRowsOutMajor;
 
     // ------------------------------------------------------------------ micro-kernel
 
@@ -196,72 +183,6 @@ internal static unsafe class PackedGemm
             if (j >= rows) { for (int k = 0; k < K; k++) dst[(long)k * NR + j] = 0f; continue; }
             float* src = x + (long)(m0 + j) * K;
             for (int k = 0; k < K; k++) dst[(long)k * NR + j] = src[k];
-        }
-    }
-
-    // ------------------------------------------------------------------ input-major W [K, N]: y = x W
-
-    /// <summary>Floats of the packed-x buffer of <see cref="InMajorBlock{TW}"/>: ceil(M/12) tiles of [K][12].</summary>
-    public static long PackedXFloats(int M, int K) => (long)((M + MR - 1) / MR) * K * MR;
-
-    /// <summary>Packs x tile t (rows 12t..) as [K][12] for the input-major path.</summary>
-    public static void PackXTile(float* x, int M, int K, float* xa, int tile) =>
-        PackA<F32Load>((byte*)(x + (long)tile * MR * K), (long)K * sizeof(float), Math.Min(MR, M - tile * MR), K, xa + (long)tile * K * MR);
-
-    /// <summary>Output columns per work item of <see cref="InMajorBlock{TW}"/>.</summary>
-    public const int BlockColumns = 4 * NR;
-
-    /// <summary>Floats of per-thread scratch of <see cref="InMajorBlock{TW}"/>.</summary>
-    public const int BlockScratch = 4 * KC * NR + TileScratch;
-
-    /// <summary>
-    /// y[0..M, n0..n0+128) for one block of four 32-column panels: per K block, the weights' rows are read in memory
-    /// order (a contiguous 512-byte F32 segment per row) and packed into the four panels (widened from BF16/F16), then the
-    /// micro-kernels run on the packed panels. Reading whole row segments keeps the weight stream sequential when few
-    /// rows of x share it; the arithmetic per element is the one FMA chain of the other paths.
-    /// </summary>
-    public static void InMajorBlock<TW>(float* xa, int M, int K, byte* w, int N, float* bias, float* y, int n0, float* scratch) where TW : IWeightLoad
-    {
-        int width = Math.Min(BlockColumns, N - n0), panels = (width + NR - 1) / NR;
-        float* packed = scratch, temp = scratch + 4 * KC * NR;
-        long ldw = (long)N * TW.Size;
-        for (int k0 = 0; k0 < K; k0 += KC)
-        {
-            int kc = Math.Min(KC, K - k0);
-            bool first = k0 == 0, last = k0 + kc == K;
-            for (int k = 0; k < kc; k++)
-            {
-                byte* src = w + (k0 + k) * ldw + (long)n0 * TW.Size;
-                if (k0 + k + PackPrefetchRows < K && System.Runtime.Intrinsics.X86.Sse.IsSupported)
-                {
-                    byte* ahead = src + PackPrefetchRows * ldw;
-                    for (int o = 0; o < width * TW.Size; o += 64) System.Runtime.Intrinsics.X86.Sse.Prefetch0(ahead + o);
-                }
-                for (int p = 0; p < panels; p++)
-                {
-                    float* d = packed + ((long)p * KC + k) * NR;
-                    int cols = Math.Min(NR, width - p * NR);
-                    byte* sp = src + (long)p * NR * TW.Size;
-                    if (cols == NR)
-                    {
-                        Vector512.Store(TW.Load16(sp), d);
-                        Vector512.Store(TW.Load16(sp + 16 * TW.Size), d + 16);
-                    }
-                    else
-                    {
-                        for (int j = 0; j < cols; j++) d[j] = TW.Load1(sp + j * TW.Size);
-                        for (int j = cols; j < NR; j++) d[j] = 0f;
-                    }
-                }
-            }
-            for (int p = 0; p < panels; p++)
-            {
-                int cols = Math.Min(NR, width - p * NR), nc = n0 + p * NR;
-                float* bp = packed + (long)p * KC * NR;
-                for (int t = 0, m = 0; m < M; t++, m += MR)
-                    Tile(Math.Min(MR, M - m), cols, xa + ((long)t * K + k0) * MR, bp, kc, y + (long)m * N + nc, N, !first,
-                        last && bias != null ? bias + nc : null, temp);
-            }
         }
     }
 

@@ -126,47 +126,28 @@ public sealed unsafe class SimdKernels : IKernels
         return (float*)Unsafe.AsPointer(ref t_packScratch[0]);
     }
 
-    /// <summary>Packs x once per call: [K][12] tiles (input-major) or [K][32] panels of xᵀ (out-major).</summary>
+    /// <summary>Packs xᵀ once per call as [K][32] panels (out-major packed path).</summary>
     sealed class PackXWork : IParallelWork
     {
-        public float* X, Packed; public int Rows, K; public bool InMajor;
-        public void Execute(int index)
-        {
-            if (InMajor) PackedGemm.PackXTile(X, Rows, K, Packed, index);
-            else PackedGemm.PackBTransposed(X, Rows, K, index * PackedGemm.NR, Packed + (long)index * K * PackedGemm.NR);
-        }
+        public float* X, Packed; public int Rows, K;
+        public void Execute(int index) => PackedGemm.PackBTransposed(X, Rows, K, index * PackedGemm.NR, Packed + (long)index * K * PackedGemm.NR);
     }
 
-    /// <summary>Many rows: items are blocks of 128 output columns (input-major) or tiles of 12 weight rows (out-major).</summary>
+    /// <summary>Many rows through out-major weights: items are tiles of 12 weight rows.</summary>
     sealed class PackedWork : IParallelWork
     {
         public float* XP, Y, Bias; public int Rows; public Linear W = null!;
         public void Execute(int index)
         {
             byte* w = W.W.Data;
-            if (W.InputMajor)
+            float* scratch = PackScratch(PackedGemm.OutMajorScratch(Rows));
+            int n0 = index * PackedGemm.MR, rowsW = Math.Min(PackedGemm.MR, W.Out - n0);
+            switch (W.DType)
             {
-                float* bs = PackScratch(PackedGemm.BlockScratch);
-                int b0 = index * PackedGemm.BlockColumns;
-                switch (W.DType)
-                {
-                    case DType.F32: PackedGemm.InMajorBlock<F32Load>(XP, Rows, W.In, w, W.Out, Bias, Y, b0, bs); break;
-                    case DType.BF16: PackedGemm.InMajorBlock<BF16Load>(XP, Rows, W.In, w, W.Out, Bias, Y, b0, bs); break;
-                    case DType.F16: PackedGemm.InMajorBlock<F16Load>(XP, Rows, W.In, w, W.Out, Bias, Y, b0, bs); break;
-                    default: throw new NotSupportedException($"matmul weights of dtype {W.DType}");
-                }
-            }
-            else
-            {
-                float* scratch = PackScratch(PackedGemm.OutMajorScratch(Rows));
-                int n0 = index * PackedGemm.MR, rowsW = Math.Min(PackedGemm.MR, W.Out - n0);
-                switch (W.DType)
-                {
-                    case DType.F32: PackedGemm.OutMajorTile<F32Load>(XP, Rows, W.In, w, Bias, Y, W.Out, n0, rowsW, scratch); break;
-                    case DType.BF16: PackedGemm.OutMajorTile<BF16Load>(XP, Rows, W.In, w, Bias, Y, W.Out, n0, rowsW, scratch); break;
-                    case DType.F16: PackedGemm.OutMajorTile<F16Load>(XP, Rows, W.In, w, Bias, Y, W.Out, n0, rowsW, scratch); break;
-                    default: throw new NotSupportedException($"matmul weights of dtype {W.DType}");
-                }
+                case DType.F32: PackedGemm.OutMajorTile<F32Load>(XP, Rows, W.In, w, Bias, Y, W.Out, n0, rowsW, scratch); break;
+                case DType.BF16: PackedGemm.OutMajorTile<BF16Load>(XP, Rows, W.In, w, Bias, Y, W.Out, n0, rowsW, scratch); break;
+                case DType.F16: PackedGemm.OutMajorTile<F16Load>(XP, Rows, W.In, w, Bias, Y, W.Out, n0, rowsW, scratch); break;
+                default: throw new NotSupportedException($"matmul weights of dtype {W.DType}");
             }
         }
     }
@@ -183,17 +164,16 @@ public sealed unsafe class SimdKernels : IKernels
             {
                 fixed (float* pb = w.Bias)
                 {
-                    bool inMajor = w.InputMajor;
-                    long need = inMajor ? PackedGemm.PackedXFloats(rows, w.In) : PackedGemm.PackedXTFloats(rows, w.In);
+                    long need = PackedGemm.PackedXTFloats(rows, w.In);
                     if (_xpack == null || _xpack.Length < need) _xpack = GC.AllocateUninitializedArray<float>((int)need, pinned: true);
                     fixed (float* pxp = _xpack)
                     {
                         var pack = _packX;
-                        pack.X = px; pack.Packed = pxp; pack.Rows = rows; pack.K = w.In; pack.InMajor = inMajor;
-                        _pool.Run(pack, inMajor ? (rows + PackedGemm.MR - 1) / PackedGemm.MR : (rows + PackedGemm.NR - 1) / PackedGemm.NR);
+                        pack.X = px; pack.Packed = pxp; pack.Rows = rows; pack.K = w.In;
+                        _pool.Run(pack, (rows + PackedGemm.NR - 1) / PackedGemm.NR);
                         var job = _packed;
                         job.XP = pxp; job.Y = py; job.Bias = pb; job.Rows = rows; job.W = w;
-                        _pool.Run(job, inMajor ? (w.Out + PackedGemm.BlockColumns - 1) / PackedGemm.BlockColumns : (w.Out + PackedGemm.MR - 1) / PackedGemm.MR);
+                        _pool.Run(job, (w.Out + PackedGemm.MR - 1) / PackedGemm.MR);
                         job.W = null!;
                     }
                 }
