@@ -57,10 +57,14 @@ public static class OpGrid
             {
                 list.Add(new MatMulCase(3, 70, 45, dt, inMajor, true, values: Values.NonFinite));
                 list.Add(new MatMulCase(7, 1024, 300, dt, inMajor, true));   // many work items: exercises the thread split
-                // Row counts on both sides of the kernels' switch points (out-major: packed from 256 rows; input-major:
-                // 6-, 4- and 1-row tiles), with K past one 256-deep block and N past one 32-wide panel plus a tail.
-                foreach (int rows in new[] { 6, 15, 16, 255, 256, 269 })
+                // Row counts on both sides of the kernels' switch points (out-major: the broadcast path from 64 rows for
+                // F32, 128 for BF16/F16, in 64-row panels; input-major: 6-, 4- and 1-row tiles), N = 70 = 11 six-row
+                // weight tiles + 4 (out-major) or 64 + 6 columns (input-major).
+                foreach (int rows in new[] { 6, 15, 16, 63, 64, 127, 128, 129, 269 })
                     list.Add(new MatMulCase(rows, 300, 70, dt, inMajor, true));
+                // Out-major broadcast path over three K blocks (384 + 384 + 193) and items of 24 rows with a partial last
+                // tile (N = 400 = 16 × 24 + 16).
+                list.Add(new MatMulCase(130, 961, 400, dt, inMajor, true));
                 // Input-major K blocks of 384 rows, the last one taking up to 576: K = 960 is 384 + 576, K = 961 is
                 // 384 + 384 + 193; 13 rows = 6 + 6 + 1, N = 135 = 2 × 64 + 7 (64-, 16- and 1-column tails).
                 list.Add(new MatMulCase(13, 960, 135, dt, inMajor, true));
