@@ -72,8 +72,8 @@ public static class OpGrid
                 list.Add(new MatMulCase(269, 300, 70, dt, inMajor, false, values: Values.NonFinite));
                 foreach (int rows in new[] { 1, 3, 20, 260 })
                     list.Add(new MatMulCase(rows, 300, 70, dt, inMajor, true, nonFiniteWeights: true));
-                // One row through weight rows of ≥ 4 KiB (the input-major decode path takes four rows per pass there,
-                // one below), K of two 128-row chunks and a tail of 45 rows.
+                // One row through weight rows of ≥ 4 KiB (the input-major decode path prefetches ahead there), K of two
+                // 128-row chunks and a tail of 45 rows (four rows per pass, then one).
                 int wide = dt == DType.F32 ? 1030 : 2070;
                 list.Add(new MatMulCase(1, 301, wide, dt, inMajor, true));
                 list.Add(new MatMulCase(1, 301, wide, dt, inMajor, false, values: Values.NonFinite));
