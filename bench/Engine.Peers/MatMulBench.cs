@@ -24,8 +24,12 @@ public sealed record MatMulResult(MatMulCase Case, Figure Figure, double MaxRelD
 public sealed unsafe class MatMulBench : IDisposable
 {
     readonly SafeTensorFile _file;
-    readonly string _path;
+    readonly bool _owned;
     readonly IKernels _kernels = KernelRegistry.Create("cpu");
+
+    /// <summary>The safetensors file holding every case's weights (the workers open the same file).</summary>
+    public string FilePath { get; }
+    public IReadOnlyList<MatMulCase> Cases { get; }
 
     public static IReadOnlyList<MatMulCase> DefaultCases(int streamCount)
     {
@@ -39,10 +43,13 @@ public sealed unsafe class MatMulBench : IDisposable
         return list;
     }
 
+    /// <summary>Writes the weights of <paramref name="cases"/> (random, seed 11) to a file under <paramref name="folder"/>.</summary>
     public MatMulBench(string folder, IReadOnlyList<MatMulCase> cases)
     {
         Directory.CreateDirectory(folder);
-        _path = Path.Combine(folder, $"matmul-{Environment.ProcessId}.safetensors");
+        FilePath = Path.Combine(folder, $"matmul-{Environment.ProcessId}.safetensors");
+        Cases = cases;
+        _owned = true;
         var rng = new Random(11);
         var names = new HashSet<string>();
         var entries = new List<SafeTensorWriter.Entry>();
@@ -59,60 +66,100 @@ public sealed unsafe class MatMulBench : IDisposable
                 string n = WeightName(c, s);
                 if (c.InputMajor) Add(n, c.K, c.N); else Add(n, c.N, c.K);
             }
-        SafeTensorWriter.Write(_path, entries);
-        _file = SafeTensorFile.Open(_path);
+        SafeTensorWriter.Write(FilePath, entries);
+        _file = SafeTensorFile.Open(FilePath);
     }
+
+    MatMulBench(string path, IReadOnlyList<MatMulCase> cases, bool owned)
+    {
+        FilePath = path; Cases = cases; _owned = owned;
+        _file = SafeTensorFile.Open(path);
+    }
+
+    /// <summary>Opens a file written by the parent's <see cref="MatMulBench(string, IReadOnlyList{MatMulCase})"/> (a worker).</summary>
+    public static MatMulBench Open(string path, IReadOnlyList<MatMulCase> cases) => new(path, cases, false);
 
     static string WeightName(MatMulCase c, int s) => $"w_{c.Layout}_{c.K}x{c.N}" + (c.Stream > 0 ? $"_s{s}" : "");
 
     Linear[] Weights(MatMulCase c) => Enumerable.Range(0, Math.Max(1, c.Stream))
         .Select(s => new Linear(_file.View(WeightName(c, s)), c.InputMajor, null, c.K, c.N)).ToArray();
 
-    public MatMulResult Run(MatMulCase c, Harness h, bool openBlas)
+    /// <summary>
+    /// One call of the case (the engine's MatMul or OpenBLAS), with its own input (seed 5) and output; "stream"
+    /// cases move to the next weight matrix on every call.
+    /// </summary>
+    public Action Op(MatMulCase c, bool openBlas) => Op(c, openBlas, out _);
+
+    Action Op(MatMulCase c, bool openBlas, out float[] y)
     {
         var w = Weights(c);
         var x = new float[c.T * c.K];
         var rng = new Random(5);
         for (int i = 0; i < x.Length; i++) x[i] = rng.NextSingle() - 0.5f;
-        var yE = new float[c.T * c.N];
-        var yB = new float[c.T * c.N];
+        var output = y = new float[c.T * c.N];
         int idx = 0;
-        void Engine() { var lin = w[idx++ % w.Length]; _kernels.MatMul(x, c.T, lin, yE); }
-        void Blas()
+        if (!openBlas) return () => { var lin = w[idx++ % w.Length]; _kernels.MatMul(x, c.T, lin, output); };
+        return () =>
         {
             var lin = w[idx++ % w.Length];
-            fixed (float* px = x, py = yB) OpenBlas.MatMul(px, c.T, c.K, c.N, (float*)lin.W.Data, c.InputMajor, py);
-        }
-        // Correctness on the first weight matrix.
-        double maxRel = double.NaN;
-        if (openBlas)
-        {
-            idx = 0; Engine(); idx = 0; Blas();
-            double scale = yB.Max(v => Math.Abs(v)), diff = 0;
-            for (int i = 0; i < yE.Length; i++) diff = Math.Max(diff, Math.Abs(yE[i] - yB[i]));
-            maxRel = diff / Math.Max(scale, 1e-30);
-        }
-        // Calls per timed run: enough for ~40 ms (measured on the engine after a warm-up).
-        Engine();
+            fixed (float* px = x, py = output) OpenBlas.MatMul(px, c.T, c.K, c.N, (float*)lin.W.Data, c.InputMajor, py);
+        };
+    }
+
+    /// <summary>max |engine - OpenBLAS| / max |OpenBLAS| on the case's first weight matrix (OpenBLAS must be loaded).</summary>
+    public double MaxRelDiff(MatMulCase c)
+    {
+        var e = Op(c, false, out var yE);
+        var b = Op(c, true, out var yB);
+        e(); b();
+        double scale = yB.Max(v => Math.Abs(v)), diff = 0;
+        for (int i = 0; i < yE.Length; i++) diff = Math.Max(diff, Math.Abs(yE[i] - yB[i]));
+        return diff / Math.Max(scale, 1e-30);
+    }
+
+    /// <summary>Calls per timed run: enough for ~40 ms, measured after one warm-up call.</summary>
+    public static int Calibrate(Action op)
+    {
+        op();
         var sw = Stopwatch.StartNew();
         int calib = 0;
-        while (sw.Elapsed.TotalMilliseconds < 20) { Engine(); calib++; }
-        int calls = Math.Max(1, (int)(calib * 40 / sw.Elapsed.TotalMilliseconds));
-        double Timed(Action op)
-        {
-            var t = Stopwatch.StartNew();
-            for (int i = 0; i < calls; i++) op();
-            return t.Elapsed.TotalSeconds / calls;
-        }
-        var peers = new List<(string, Func<double>)> { ("engine", () => Timed(Engine)) };
-        if (openBlas) peers.Add(("openblas", () => Timed(Blas)));
-        var fig = h.Measure("matmul", c.T, peers);
-        return new MatMulResult(c, fig, maxRel);
+        while (sw.Elapsed.TotalMilliseconds < 20) { op(); calib++; }
+        return Math.Max(1, (int)(calib * 40 / sw.Elapsed.TotalMilliseconds));
+    }
+
+    /// <summary>Seconds per call over <paramref name="calls"/> calls.</summary>
+    public static double Timed(Action op, int calls)
+    {
+        var t = Stopwatch.StartNew();
+        for (int i = 0; i < calls; i++) op();
+        return t.Elapsed.TotalSeconds / calls;
+    }
+
+    /// <summary>Both peers in this process (--isolation none).</summary>
+    public MatMulResult Run(MatMulCase c, Harness h, bool openBlas)
+    {
+        double maxRel = openBlas ? MaxRelDiff(c) : double.NaN;
+        var engine = Op(c, false);
+        int calls = Calibrate(engine);
+        var peers = new List<(string, Func<double>)> { ("engine", () => Timed(engine, calls)) };
+        if (openBlas) { var blas = Op(c, true); peers.Add(("openblas", () => Timed(blas, calls))); }
+        return new MatMulResult(c, h.Measure("matmul", c.T, peers), maxRel);
+    }
+
+    /// <summary>Each peer in its own worker process (<c>matmul-engine</c> / <c>matmul-openblas</c> over <see cref="FilePath"/>).</summary>
+    public MatMulResult Run(MatMulCase c, Harness h, bool openBlas, ChildProcess engine, ChildProcess? blas)
+    {
+        int index = Cases.ToList().IndexOf(c);
+        double maxRel = openBlas ? MaxRelDiff(c) : double.NaN;
+        int calls = int.Parse(engine.Call($"calibrate {index}"));
+        var peers = new List<(string, Func<double>)> { ("engine", () => engine.CallSeconds($"matmul {index} {calls}")) };
+        if (openBlas && blas != null) peers.Add(("openblas", () => blas.CallSeconds($"matmul {index} {calls}")));
+        return new MatMulResult(c, h.Measure("matmul", c.T, peers), maxRel);
     }
 
     public void Dispose()
     {
         _file.Dispose();
-        try { File.Delete(_path); } catch (IOException) { }
+        if (_owned) try { File.Delete(FilePath); } catch (IOException) { }
     }
 }

@@ -4,7 +4,7 @@ namespace Engine.Peers;
 
 /// <summary>
 /// How busy the rest of the machine is: CPU time used by other processes (total busy time from /proc/stat minus this
-/// process's time from /proc/self/stat), in cores, over an interval. On a 2-core machine a run measured while another
+/// process's time from /proc/self/stat and its watched worker processes' from /proc/PID/stat), in cores, over an interval. On a 2-core machine a run measured while another
 /// process took most of a core is not comparable; the harness records this figure per run and retries noisy rounds.
 /// </summary>
 public static class Noise
@@ -14,6 +14,22 @@ public static class Noise
     static readonly double TicksPerSecond = 100.0;   // USER_HZ on Linux
 
     public static bool Available { get; } = File.Exists("/proc/stat") && File.Exists("/proc/self/stat");
+
+    static readonly List<int> s_watched = [];
+
+    /// <summary>Counts a worker process (<see cref="Peers.ChildProcess"/>) as part of this run, not as another process.</summary>
+    public static void Watch(int pid) { lock (s_watched) s_watched.Add(pid); }
+    public static void Unwatch(int pid) { lock (s_watched) s_watched.Remove(pid); }
+
+    /// <summary>utime + stime (fields 14, 15) of /proc/PID/stat; 0 when the process is gone.</summary>
+    static long ProcessTicks(string statPath)
+    {
+        string s;
+        try { s = File.ReadAllText(statPath); }
+        catch (IOException) { return 0; }
+        var rest = s[(s.LastIndexOf(')') + 2)..].Split(' ');
+        return long.Parse(rest[11]) + long.Parse(rest[12]);
+    }
 
     public static Mark Now()
     {
@@ -26,9 +42,8 @@ public static class Noise
             for (int i = 1; i < f.Length && i <= 8; i++)
                 if (i != 4 && i != 5) busy += long.Parse(f[i]);           // everything but idle and iowait
         }
-        var s = File.ReadAllText("/proc/self/stat");
-        var rest = s[(s.LastIndexOf(')') + 2)..].Split(' ');
-        long self = long.Parse(rest[11]) + long.Parse(rest[12]);        // utime + stime (fields 14, 15)
+        long self = ProcessTicks("/proc/self/stat");
+        lock (s_watched) foreach (int pid in s_watched) self += ProcessTicks($"/proc/{pid}/stat");
         return new Mark(busy, self, Stopwatch.GetTimestamp());
     }
 

@@ -13,6 +13,7 @@ using Engine.Runtime;
 
 CultureInfo.DefaultThreadCurrentCulture = CultureInfo.InvariantCulture;
 CultureInfo.CurrentCulture = CultureInfo.InvariantCulture;
+if (args.Length > 0 && args[0] == "--worker") return Worker.Run(args[1..]);
 try
 {
     return new PeersTool(args).Run();
@@ -30,7 +31,7 @@ catch (EngineException e)
 
 /// <summary>
 /// engine-peers: the engine beside llama.cpp (LLamaSharp), ONNX Runtime and OpenBLAS on the same weights, in one
-/// process run, reported as ratios. See README.md beside this file.
+/// run (each peer timed in its own worker process), reported as ratios. See README.md beside this file.
 /// </summary>
 sealed class PeersTool
 {
@@ -43,10 +44,13 @@ sealed class PeersTool
           --prefill N,N,...      prompt lengths (default 16,128,512)
           --decode N             new tokens through the KV cache after a 16-token prompt (default 128; 0: none)
           --repeat N             timed rounds per figure; medians are reported (default 5)
+          --isolation M          process (default): each peer is timed in its own worker process, so no library's
+                                 waiting threads share a process with another's; none: all in this process
           --threads N            threads for every peer (default 2; the engine's own pool uses ENGINE_THREADS or all cores)
           --gguf-type T          auto (= the folder's dtype) | f32 | f16 | bf16 | q8_0 (default auto)
           --llama-kv T           llama.cpp KV-cache type for the timed runs: f16 (llama.cpp's default) | f32
           --llama-fa M           llama.cpp flash attention: auto (default) | on | off
+          --pause-ms N           pause before every timed run, so the previous peer's threads have gone to sleep (default 150)
           --stream-matrices N    distinct weight matrices rotated in the from-memory matrix-vector case (default 16)
           --noise-limit C        discard rounds during which other processes used more than C cores (default 0.3)
           --quiet-wait S         before each figure, wait up to S seconds for the machine to be quiet (default 30)
@@ -61,11 +65,11 @@ sealed class PeersTool
     readonly List<string> _models = [];
     readonly HashSet<string> _peers = ["llamacpp", "onnx", "openblas", "engine"];
     int[] _prefill = [16, 128, 512];
-    int _decode = 128, _repeat = 5, _threads = 2, _streamMatrices = 16;
+    int _decode = 128, _repeat = 5, _threads = 2, _streamMatrices = 16, _pauseMs = 150;
     string _openBlasCore = "Cooperlake";
     string _ggufType = "auto", _llamaKv = "f16", _llamaFa = "auto", _cache = Path.Combine("weights", "peers");
     string? _json;
-    bool _verify = true, _verbose;
+    bool _verify = true, _verbose, _isolate = true;
     double _noiseLimit = 0.3, _quietWait = 30;
     readonly TextWriter _log = Console.Error;
     readonly JsonArray _skipped = [];
@@ -104,7 +108,9 @@ sealed class PeersTool
                 case "--decode": _decode = NextInt(0); break;
                 case "--repeat": _repeat = NextInt(1); break;
                 case "--threads": _threads = NextInt(1); break;
+                case "--isolation": _isolate = Next() switch { "process" => true, "none" => false, var m => throw new UsageException($"--isolation: '{m}' is not process or none") }; break;
                 case "--stream-matrices": _streamMatrices = NextInt(2); break;
+                case "--pause-ms": _pauseMs = NextInt(0); break;
                 case "--gguf-type": _ggufType = Next().ToLowerInvariant(); if (_ggufType != "auto") HfToGguf.ParseType(_ggufType); break;
                 case "--llama-kv": _llamaKv = Next() is "f32" or "f16" ? args[i] : throw new UsageException("--llama-kv: f16 or f32"); break;
                 case "--llama-fa": _llamaFa = Next() is "auto" or "on" or "off" ? args[i] : throw new UsageException("--llama-fa: auto, on or off"); break;
@@ -139,7 +145,7 @@ sealed class PeersTool
         return folder;
     }
 
-    Harness NewHarness() => new(_log) { Repeat = _repeat, NoiseLimit = _noiseLimit, QuietWaitSeconds = _quietWait };
+    Harness NewHarness() => new(_log) { Repeat = _repeat, NoiseLimit = _noiseLimit, QuietWaitSeconds = _quietWait, PauseMs = _pauseMs };
 
     void Skip(string peer, string? model, string reason)
     {
@@ -162,11 +168,13 @@ sealed class PeersTool
                 ["threads"] = _threads,
                 ["engine_threads"] = Engine.Kernels.Threading.WorkerPool.Shared.Threads,
                 ["repeat"] = _repeat,
+                ["pause_ms"] = _pauseMs,
                 ["prefill"] = new JsonArray(_prefill.Select(p => (JsonNode)p).ToArray()),
                 ["decode"] = _decode,
                 ["decode_prompt"] = 16,
                 ["noise_limit_cores"] = _noiseLimit,
                 ["peers"] = string.Join(",", _peers.Order()),
+                ["isolation"] = _isolate ? "process" : "none",
             },
         };
         var wait = Noise.WaitQuiet(_noiseLimit, 60);
@@ -182,7 +190,9 @@ sealed class PeersTool
         if (_tinyChecks.Count > 0) doc["verification_tiny_models"] = _tinyChecks;
         doc["skipped"] = _skipped;
         _notes.Add("ratios are engine speed / peer speed (> 1: the engine is faster); 'paired' = median over rounds of the per-round ratio");
-        _notes.Add("all peers run in this one process on the same weights; rounds interleave the peers; medians of quiet rounds (see noise fields)");
+        _notes.Add(_isolate
+            ? "each peer is timed in its own worker process (this program with --worker) on the same weights; the logit checks run in the parent; rounds interleave the peers; medians of quiet rounds (see noise fields)"
+            : "all peers run in this one process on the same weights (--isolation none); rounds interleave the peers; medians of quiet rounds (see noise fields)");
         if (_peers.Contains("llamacpp"))
             _notes.Add($"llama.cpp is LLamaSharp.Backend.Cpu 0.30.0's prebuilt native library ({LlamaCppPeer.SystemInfo}), not a build for this CPU; KV cache {_llamaKv}, flash attention {_llamaFa}");
         _notes.Add("ggml's CPU GELU uses an F16 lookup table (GGML_GELU_FP16): llama.cpp's GPT-2 logits differ from exact F32 by ~4e-4 relative; llama-family logits agree to ~1e-6");
@@ -275,10 +285,13 @@ sealed class PeersTool
         using (var bench = new MatMulBench(_cache, cases))
         {
             var h = NewHarness();
+            string[] workerArgs = ["--file", bench.FilePath, "--stream", _streamMatrices.ToString(), "--threads", _threads.ToString(), "--openblas-core", _openBlasCore];
+            using var engineWorker = _isolate ? new ChildProcess("matmul-engine", workerArgs) : null;
+            using var blasWorker = _isolate && blas ? new ChildProcess("matmul-openblas", workerArgs) : null;
             foreach (var c in cases)
             {
                 _log.Write($"  {c.Label,-44} {c.Layout} ");
-                var r = bench.Run(c, h, blas);
+                var r = _isolate ? bench.Run(c, h, blas, engineWorker!, blasWorker) : bench.Run(c, h, blas);
                 double eg = c.Flops / r.Figure.Median("engine") / 1e9;
                 var row = new JsonObject
                 {
@@ -449,11 +462,15 @@ sealed class PeersTool
         int capacity = Math.Min(c.ContextLength, Math.Max(maxPrefill, 16 + _decode));
         int decodeSteps = Math.Min(_decode, capacity - 16);
 
+        // peers: what is timed, the engine first; in process isolation the in-process engine only serves the logit checks.
         var peers = new List<IEndToEndPeer>();
+        var timed = new List<IEndToEndPeer>();
+        EnginePeer? engine = null;
         try
         {
-            var engine = new EnginePeer(model, capacity);
-            peers.Add(engine);
+            engine = new EnginePeer(model, capacity);
+            if (_isolate) peers.Add(new ChildPeer("engine", true, "engine", ["--model", folder, "--capacity", capacity.ToString()]));
+            else peers.Add(engine);
             var verifyTokens = Verify.Tokens(16, c.VocabSize, 42);
 
             if (_peers.Contains("llamacpp"))
@@ -484,12 +501,19 @@ sealed class PeersTool
                         }
                     }
                     var lp = new LlamaCppPeer(gguf, typeName, capacity, _threads, _llamaKv, _llamaFa);
-                    peers.Add(lp);
                     if (_verify)
                     {
                         var v = Verify.Compare("llama.cpp", folder, $"gguf {typeName}, kv {_llamaKv}, fa {_llamaFa} (timed)", engine, lp, verifyTokens, c.VocabSize, new Tolerance(5e-2, true));
                         Report(v, false); verification.Add(VerificationJson(v, false));
                     }
+                    if (_isolate)
+                    {
+                        lp.Dispose();
+                        var args = new List<string> { "--gguf", gguf, "--gguf-type", typeName, "--capacity", capacity.ToString(), "--threads", _threads.ToString(), "--kv", _llamaKv, "--fa", _llamaFa };
+                        if (_verbose) args.AddRange(["--verbose", "1"]);
+                        timed.Add(new ChildPeer("llama.cpp", true, "llamacpp", args));
+                    }
+                    else timed.Add(lp);
                 }
                 catch (Exception e) when (e is not UsageException)
                 {
@@ -508,12 +532,17 @@ sealed class PeersTool
                         string onnx = EnsureOnnx(model, out double secs);
                         conversions["onnx"] = new JsonObject { ["path"] = onnx, ["opset"] = Gpt2Onnx.Opset, ["bytes"] = new FileInfo(onnx).Length, ["seconds"] = secs > 0 ? secs : null };
                         var op = new OnnxPeer(onnx, _threads);
-                        peers.Add(op);
                         if (_verify)
                         {
                             var v = Verify.Compare("onnxruntime", folder, "f32", engine, op, verifyTokens, c.VocabSize, new Tolerance(1e-3, false));
                             Report(v, true); verification.Add(VerificationJson(v, true));
                         }
+                        if (_isolate)
+                        {
+                            op.Dispose();
+                            timed.Add(new ChildPeer("onnxruntime", false, "onnx", ["--onnx", onnx, "--threads", _threads.ToString()]));
+                        }
+                        else timed.Add(op);
                     }
                     catch (Exception e) when (e is not UsageException)
                     {
@@ -522,6 +551,9 @@ sealed class PeersTool
                 }
             }
 
+            peers.AddRange(timed);
+            timed.Clear();
+            if (_isolate) { engine.Dispose(); engine = null; }
             mj["conversions"] = conversions;
             mj["verification"] = verification;
             var settings = new JsonObject();
@@ -554,7 +586,8 @@ sealed class PeersTool
         }
         finally
         {
-            foreach (var p in peers) p.Dispose();
+            foreach (var p in peers.Concat(timed)) p.Dispose();
+            if (_isolate) engine?.Dispose();
         }
         return mj;
     }

@@ -157,6 +157,7 @@ public sealed unsafe class SafeTensorFile : IDisposable
             }
             view.SafeMemoryMappedViewHandle.AcquirePointer(ref basePtr);
             basePtr += view.PointerOffset;
+            HugePages.Advise(basePtr, length);   // before the first touch of the data: the page cache then reads 2 MiB folios
 
             ulong n = Unsafe.ReadUnaligned<ulong>(basePtr);
             if (n > (ulong)MaxHeaderBytes)

@@ -14,8 +14,11 @@ public sealed unsafe class HostBuffer : IDeviceBuffer
         if (floats < 0) throw new ArgumentOutOfRangeException(nameof(floats));
         Length = floats;
         nuint bytes = (nuint)Math.Max(64, floats * sizeof(float));
-        _data = (float*)NativeMemory.AlignedAlloc(bytes, 64);
+        // Large buffers (the activation arena, KV caches) start on a 2 MiB boundary and get huge pages before the first touch.
+        bool huge = HugePages.Enabled && (long)bytes >= 2 * HugePages.Size;
+        _data = (float*)NativeMemory.AlignedAlloc(bytes, huge ? (nuint)HugePages.Size : 64);
         if (_data == null) throw new OutOfMemoryException($"cannot allocate {bytes} bytes of activations");
+        if (huge) HugePages.Advise(_data, (long)bytes);
         NativeMemory.Clear(_data, bytes);
     }
 
