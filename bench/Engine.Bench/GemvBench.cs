@@ -34,7 +34,7 @@ public static unsafe class GemvBench
         int calls = int.Parse(Arg("--calls", "64"), CultureInfo.InvariantCulture);
         var only = Arg("--cases", "").Split(',', StringSplitOptions.RemoveEmptyEntries).ToHashSet();
         var cases = new List<Case>();
-        foreach (var dt in new[] { DType.F32, DType.BF16 })
+        foreach (var dt in new[] { DType.F32, DType.BF16, DType.F16 })
             foreach (bool im in new[] { true, false })
                 foreach (var (k, n) in new[] { (768, 3072), (3072, 768), (768, 2304) })
                     cases.Add(new Case($"{(im ? "kn" : "nk")} {dt.ToString().ToLowerInvariant()} {k}->{n}", k, n, im, dt));

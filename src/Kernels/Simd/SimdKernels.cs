@@ -54,10 +54,16 @@ public sealed unsafe class SimdKernels : IKernels
             {
                 case (DType.F32, false): Gemm.OutMajor<F32Load>(X, Rows, W.In, w, Bias, Y, W.Out, n0, n1); break;
                 case (DType.BF16, false): Gemm.OutMajor<BF16Load>(X, Rows, W.In, w, Bias, Y, W.Out, n0, n1); break;
-                case (DType.F16, false): Gemm.OutMajor<F16Load>(X, Rows, W.In, w, Bias, Y, W.Out, n0, n1); break;
+                case (DType.F16, false):
+                    if (W.AllFinite) Gemm.OutMajor<F16FiniteLoad>(X, Rows, W.In, w, Bias, Y, W.Out, n0, n1);
+                    else Gemm.OutMajor<F16Load>(X, Rows, W.In, w, Bias, Y, W.Out, n0, n1);
+                    break;
                 case (DType.F32, true): Gemm.InMajor<F32Load>(X, Rows, W.In, w, Bias, Y, W.Out, n0, n1); break;
                 case (DType.BF16, true): Gemm.InMajor<BF16Load>(X, Rows, W.In, w, Bias, Y, W.Out, n0, n1); break;
-                case (DType.F16, true): Gemm.InMajor<F16Load>(X, Rows, W.In, w, Bias, Y, W.Out, n0, n1); break;
+                case (DType.F16, true):
+                    if (W.AllFinite) Gemm.InMajor<F16FiniteLoad>(X, Rows, W.In, w, Bias, Y, W.Out, n0, n1);
+                    else Gemm.InMajor<F16Load>(X, Rows, W.In, w, Bias, Y, W.Out, n0, n1);
+                    break;
                 default: throw new NotSupportedException($"matmul weights of dtype {W.DType}");
             }
         }
@@ -152,7 +158,10 @@ public sealed unsafe class SimdKernels : IKernels
             {
                 case DType.F32: OutMajorBcast.Item<F32Load>(XP, Rows, W.In, w, Bias, Y, W.Out, index, ItemRows, scratch); break;
                 case DType.BF16: OutMajorBcast.Item<BF16Load>(XP, Rows, W.In, w, Bias, Y, W.Out, index, ItemRows, scratch); break;
-                case DType.F16: OutMajorBcast.Item<F16Load>(XP, Rows, W.In, w, Bias, Y, W.Out, index, ItemRows, scratch); break;
+                case DType.F16:
+                    if (W.AllFinite) OutMajorBcast.Item<F16FiniteLoad>(XP, Rows, W.In, w, Bias, Y, W.Out, index, ItemRows, scratch);
+                    else OutMajorBcast.Item<F16Load>(XP, Rows, W.In, w, Bias, Y, W.Out, index, ItemRows, scratch);
+                    break;
                 default: throw new NotSupportedException($"matmul weights of dtype {W.DType}");
             }
         }

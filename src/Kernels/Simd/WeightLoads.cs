@@ -90,13 +90,21 @@ internal unsafe struct F16FiniteLoad : IWeightLoad
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Vector512<float> Load16(byte* p)
     {
-        var h = BF16Load.Widen16(p);
-        var value = Vector512.ShiftLeft(h & Vector512.Create(0x7FFFu), 13).AsSingle() * Vector512.Create(5.192296858534828e33f);
-        return (value.AsUInt32() | Vector512.ShiftLeft(h & Vector512.Create(0x8000u), 16)).AsSingle();
+        // Sign-extended to 32 bits and shifted by 13: bit 28 and the bits above it are copies of the sign, exponent and
+        // mantissa sit where a float's do; the mask keeps bit 31 (the sign) and clears bits 30..28, and the product by
+        // 2^112 rebiases the exponent (exact, subnormal halves included). Four operations per 16 weights instead of seven
+        // (zero-extend, two masks, two shifts, or, product): the F16 matmuls are bound by this conversion, not by memory.
+        var s = Avx512F.IsSupported ? Avx512F.ConvertToVector512Int32(Vector256.Load((short*)p))
+                                    : Vector512.WidenLower(Vector512.Create(Vector256.Load((short*)p), Vector256<short>.Zero));
+        return (Vector512.ShiftLeft(s, 13) & Vector512.Create(unchecked((int)0x8FFFE000))).AsSingle() * Vector512.Create(5.192296858534828e33f);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static Vector256<float> Load8(byte* p) => F16Load.Load8(p);
+    public static Vector256<float> Load8(byte* p)
+    {
+        var s = Vector256.WidenLower(Vector256.Create(Vector128.Load((short*)p), Vector128<short>.Zero));
+        return (Vector256.ShiftLeft(s, 13) & Vector256.Create(unchecked((int)0x8FFFE000))).AsSingle() * Vector256.Create(5.192296858534828e33f);
+    }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)] public static float Load1(byte* p) => (float)Unsafe.ReadUnaligned<Half>(p);
 }

@@ -1,0 +1,60 @@
+using Engine.Kernels;
+using Engine.Loader;
+using Xunit;
+
+namespace Engine.Tests.Kernels;
+
+/// <summary>
+/// Every finite IEEE half (63,488 values: normals, subnormals, both zeros, both signs) through each F16 matmul path of the
+/// SIMD backend, read back exactly: x is the identity (or one of its rows), so y holds the widened weights themselves
+/// (1 · w + 0 · ... is exact). Guards the shortcut widening used for all-finite F16 weights (sign extension, one mask,
+/// one product by 2^112) in the matrix-vector, dot-form and broadcast-form kernels, both weight layouts.
+/// </summary>
+public class F16WideningTests
+{
+    const int K = 16, N = 63488 / K;
+
+    static float[] AllFiniteHalves()
+    {
+        var v = new List<float>(63488);
+        for (int bits = 0; bits <= 0xFFFF; bits++)
+            if ((bits & 0x7C00) != 0x7C00) v.Add((float)BitConverter.UInt16BitsToHalf((ushort)bits));
+        Assert.Equal(K * N, v.Count);
+        return v.ToArray();
+    }
+
+    [Theory]
+    [InlineData("cpu", true, 1)]
+    [InlineData("cpu", true, K)]
+    [InlineData("cpu", false, 1)]
+    [InlineData("cpu", false, K)]
+    [InlineData("cpu-ref", true, K)]
+    public void Every_finite_half_widens_exactly(string backend, bool inputMajor, int rows)
+    {
+        var halves = AllFiniteHalves();
+        // Element (k, n) of the logical [K, N] matrix is halves[n * K + k]; stored [K, N] (input-major) or [N, K].
+        var data = new float[K * N];
+        for (int n = 0; n < N; n++)
+            for (int k = 0; k < K; k++)
+                data[inputMajor ? k * N + n : n * K + k] = halves[n * K + k];
+        using var file = TempTensors.Write(DType.F16, false, inputMajor ? [K, N] : [N, K], data);
+        var lin = new Linear(file.File.View("w"), inputMajor, null, K, N);
+        Assert.True(lin.AllFinite);
+        var kernels = KernelRegistry.Create(backend);
+        for (int first = 0; first < K; first += rows)
+        {
+            var x = new float[rows * K];
+            for (int r = 0; r < rows; r++) x[r * K + first + r] = 1f;
+            var y = new float[rows * N];
+            kernels.MatMul(x, rows, lin, y);
+            for (int r = 0; r < rows; r++)
+                for (int n = 0; n < N; n++)
+                {
+                    float expected = halves[n * K + first + r];
+                    if (y[r * N + n] != expected)
+                        Assert.Fail($"{backend}, {(inputMajor ? "input" : "output")}-major, rows={rows}: weight ({first + r}, {n}) = {expected:R} " +
+                                    $"(half bits 0x{BitConverter.HalfToUInt16Bits((Half)expected):X4}) came out as {y[r * N + n]:R}");
+                }
+        }
+    }
+}
