@@ -387,6 +387,7 @@ internal static unsafe class Gemm
         // attn.c_proj 768 -> 768 36-39 -> 42-44 GB/s.
         bool prefetchNext = !prefetch && Sse.IsSupported;
         long next = 4 * ldw;
+        if (typeof(TW) == typeof(F16FiniteLoad)) k = AccumulateRowsF16Scaled(x, k0, k1, w, ldw, width, p, prefetch, prefetchNext);
         for (; k + 4 <= k1; k += 4)
         {
             byte* w0 = w + k * ldw, w1 = w0 + ldw, w2 = w1 + ldw, w3 = w2 + ldw;
@@ -433,6 +434,71 @@ internal static unsafe class Gemm
             for (; n < n16; n += 16) Vector512.Store(Vector512.FusedMultiplyAdd(a, TW.Load16(wr + (long)n * TW.Size), Vector512.Load(p + n)), p + n);
             for (; n < width; n++) p[n] = MathF.FusedMultiplyAdd(xk, TW.Load1(wr + (long)n * TW.Size), p[n]);
         }
+    }
+
+    /// <summary>
+    /// The four-row passes of <see cref="AccumulateRows{TW}"/> for finite F16 weights with the widening's product by
+    /// 2^112 moved onto x: fma(bits(w) * 2^112, x, p) = fma(bits(w), x * 2^112, p) bit for bit (the FMA's product is exact
+    /// and both scalings are exact), one operation fewer per 16 weights. Valid while |x| * 2^112 stays finite: passes
+    /// whose four x are not all below 2^15 in magnitude (or not finite) stop here and the caller's generic loop takes
+    /// over from the returned row. Returns the first row not done.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    static int AccumulateRowsF16Scaled(float* x, int k0, int k1, byte* w, long ldw, int width, float* p, bool prefetch, bool prefetchNext)
+    {
+        const float Scale = 5.192296858534828e33f;   // 2^112
+        int n16 = width & ~15;
+        long next = 4 * ldw;
+        var mask = Vector512.Create(unchecked((int)0x8FFFE000));
+        int k = k0;
+        for (; k + 4 <= k1; k += 4)
+        {
+            float x0 = x[k], x1 = x[k + 1], x2 = x[k + 2], x3 = x[k + 3];
+            if (!(MathF.Abs(x0) < 32768f && MathF.Abs(x1) < 32768f && MathF.Abs(x2) < 32768f && MathF.Abs(x3) < 32768f)) break;
+            byte* w0 = w + k * ldw, w1 = w0 + ldw, w2 = w1 + ldw, w3 = w2 + ldw;
+            var a0 = Vector512.Create(x0 * Scale); var a1 = Vector512.Create(x1 * Scale);
+            var a2 = Vector512.Create(x2 * Scale); var a3 = Vector512.Create(x3 * Scale);
+            for (int n = 0; n < n16; n += 16)
+            {
+                long o = (long)n * 2;
+                if (prefetch)
+                {
+                    Sse.Prefetch0(w0 + o + LongRowPrefetch); Sse.Prefetch0(w1 + o + LongRowPrefetch);
+                    Sse.Prefetch0(w2 + o + LongRowPrefetch); Sse.Prefetch0(w3 + o + LongRowPrefetch);
+                }
+                else if (prefetchNext)
+                {
+                    Sse.Prefetch0(w0 + o + next); Sse.Prefetch0(w1 + o + next);
+                    Sse.Prefetch0(w2 + o + next); Sse.Prefetch0(w3 + o + next);
+                }
+                var acc = Vector512.Load(p + n);
+                acc = Vector512.FusedMultiplyAdd(a0, F16Bits(w0 + o, mask), acc);
+                acc = Vector512.FusedMultiplyAdd(a1, F16Bits(w1 + o, mask), acc);
+                acc = Vector512.FusedMultiplyAdd(a2, F16Bits(w2 + o, mask), acc);
+                acc = Vector512.FusedMultiplyAdd(a3, F16Bits(w3 + o, mask), acc);
+                Vector512.Store(acc, p + n);
+            }
+            for (int n = n16; n < width; n++)
+            {
+                long o = (long)n * 2;
+                float acc = p[n];
+                acc = MathF.FusedMultiplyAdd(x0, F16FiniteLoad.Load1(w0 + o), acc);
+                acc = MathF.FusedMultiplyAdd(x1, F16FiniteLoad.Load1(w1 + o), acc);
+                acc = MathF.FusedMultiplyAdd(x2, F16FiniteLoad.Load1(w2 + o), acc);
+                acc = MathF.FusedMultiplyAdd(x3, F16FiniteLoad.Load1(w3 + o), acc);
+                p[n] = acc;
+            }
+        }
+        return k;
+    }
+
+    /// <summary>16 finite halves as float bit patterns 2^-112 times their value (F16FiniteLoad without its product).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static Vector512<float> F16Bits(byte* p, Vector512<int> mask)
+    {
+        var s = Avx512F.IsSupported ? Avx512F.ConvertToVector512Int32(Vector256.Load((short*)p))
+                                    : Vector512.WidenLower(Vector512.Create(Vector256.Load((short*)p), Vector256<short>.Zero));
+        return (Vector512.ShiftLeft(s, 13) & mask).AsSingle();
     }
 
     /// <summary>Part 2: y[n] = ((partial[0][n] + partial[1][n]) + ...) (+ bias[n]) for n in [n0, n1), chunks in order.</summary>
