@@ -397,16 +397,8 @@ internal static unsafe class Gemm
             for (; n < n16; n += 16)
             {
                 long o = (long)n * TW.Size;
-                if (prefetch)
-                {
-                    Sse.Prefetch0(w0 + o + LongRowPrefetch); Sse.Prefetch0(w1 + o + LongRowPrefetch);
-                    Sse.Prefetch0(w2 + o + LongRowPrefetch); Sse.Prefetch0(w3 + o + LongRowPrefetch);
-                }
-                else if (prefetchNext)
-                {
-                    Sse.Prefetch0(w0 + o + next); Sse.Prefetch0(w1 + o + next);
-                    Sse.Prefetch0(w2 + o + next); Sse.Prefetch0(w3 + o + next);
-                }
+                if (prefetch) Prefetch4(w0 + o + LongRowPrefetch, ldw);
+                else if (prefetchNext) Prefetch4(w0 + o + next, ldw);
                 var acc = Vector512.Load(p + n);
                 acc = Vector512.FusedMultiplyAdd(a0, TW.Load16(w0 + o), acc);
                 acc = Vector512.FusedMultiplyAdd(a1, TW.Load16(w1 + o), acc);
@@ -461,16 +453,8 @@ internal static unsafe class Gemm
             for (int n = 0; n < n16; n += 16)
             {
                 long o = (long)n * 2;
-                if (prefetch)
-                {
-                    Sse.Prefetch0(w0 + o + LongRowPrefetch); Sse.Prefetch0(w1 + o + LongRowPrefetch);
-                    Sse.Prefetch0(w2 + o + LongRowPrefetch); Sse.Prefetch0(w3 + o + LongRowPrefetch);
-                }
-                else if (prefetchNext)
-                {
-                    Sse.Prefetch0(w0 + o + next); Sse.Prefetch0(w1 + o + next);
-                    Sse.Prefetch0(w2 + o + next); Sse.Prefetch0(w3 + o + next);
-                }
+                if (prefetch) Prefetch4(w0 + o + LongRowPrefetch, ldw);
+                else if (prefetchNext) Prefetch4(w0 + o + next, ldw);
                 var acc = Vector512.Load(p + n);
                 acc = Vector512.FusedMultiplyAdd(a0, F16Bits(w0 + o, mask), acc);
                 acc = Vector512.FusedMultiplyAdd(a1, F16Bits(w1 + o, mask), acc);
@@ -490,6 +474,13 @@ internal static unsafe class Gemm
             }
         }
         return k;
+    }
+
+    /// <summary>Prefetches one cache line in each of four rows ldw bytes apart, from p.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static void Prefetch4(byte* p, long ldw)
+    {
+        Sse.Prefetch0(p); Sse.Prefetch0(p + ldw); Sse.Prefetch0(p + 2 * ldw); Sse.Prefetch0(p + 3 * ldw);
     }
 
     /// <summary>16 finite halves as float bit patterns 2^-112 times their value (F16FiniteLoad without its product).</summary>
