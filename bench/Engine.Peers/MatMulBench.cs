@@ -24,7 +24,6 @@ public sealed record MatMulResult(MatMulCase Case, Figure Figure, double MaxRelD
 public sealed unsafe class MatMulBench : IDisposable
 {
     readonly SafeTensorFile _file;
-    readonly bool _owned;
     readonly IKernels _kernels = KernelRegistry.Create("cpu");
 
     /// <summary>The safetensors file holding every case's weights (the workers open the same file).</summary>
@@ -43,7 +42,10 @@ public sealed unsafe class MatMulBench : IDisposable
         return list;
     }
 
-    /// <summary>Writes the weights of <paramref name="cases"/> (random, seed 11) to a file under <paramref name="folder"/>.</summary>
+    /// <summary>
+    /// Opens the file under <paramref name="folder"/> holding the weights of <paramref name="cases"/> (random, seed 11),
+    /// writing it first when it is not there yet.
+    /// </summary>
     public MatMulBench(string folder, IReadOnlyList<MatMulCase> cases)
     {
         Directory.CreateDirectory(folder);
@@ -52,7 +54,6 @@ public sealed unsafe class MatMulBench : IDisposable
         string key = string.Join("_", cases.Select(c => $"{c.Layout}{c.K}x{c.N}s{c.Stream}").Distinct());
         FilePath = Path.Combine(folder, $"matmul-v1-{Convert.ToHexString(System.Security.Cryptography.SHA256.HashData(System.Text.Encoding.UTF8.GetBytes(key)))[..12].ToLowerInvariant()}.safetensors");
         Cases = cases;
-        _owned = false;
         if (File.Exists(FilePath)) { _file = SafeTensorFile.Open(FilePath); return; }
         var rng = new Random(11);
         var names = new HashSet<string>();
@@ -74,14 +75,13 @@ public sealed unsafe class MatMulBench : IDisposable
         _file = SafeTensorFile.Open(FilePath);
     }
 
-    MatMulBench(string path, IReadOnlyList<MatMulCase> cases, bool owned)
+    MatMulBench(SafeTensorFile file, IReadOnlyList<MatMulCase> cases)
     {
-        FilePath = path; Cases = cases; _owned = owned;
-        _file = SafeTensorFile.Open(path);
+        _file = file; FilePath = file.Path; Cases = cases;
     }
 
     /// <summary>Opens a file written by the parent's <see cref="MatMulBench(string, IReadOnlyList{MatMulCase})"/> (a worker).</summary>
-    public static MatMulBench Open(string path, IReadOnlyList<MatMulCase> cases) => new(path, cases, false);
+    public static MatMulBench Open(string path, IReadOnlyList<MatMulCase> cases) => new(SafeTensorFile.Open(path), cases);
 
     static string WeightName(MatMulCase c, int s) => $"w_{c.Layout}_{c.K}x{c.N}" + (c.Stream > 0 ? $"_s{s}" : "");
 
@@ -161,9 +161,5 @@ public sealed unsafe class MatMulBench : IDisposable
         return new MatMulResult(c, h.Measure("matmul", c.T, peers), maxRel);
     }
 
-    public void Dispose()
-    {
-        _file.Dispose();
-        if (_owned) try { File.Delete(FilePath); } catch (IOException) { }
-    }
+    public void Dispose() => _file.Dispose();
 }

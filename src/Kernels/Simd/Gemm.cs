@@ -438,10 +438,9 @@ internal static unsafe class Gemm
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static int AccumulateRowsF16Scaled(float* x, int k0, int k1, byte* w, long ldw, int width, float* p, bool prefetch, bool prefetchNext)
     {
-        const float Scale = 5.192296858534828e33f;   // 2^112
+        const float Scale = F16FiniteLoad.Scale;
         int n16 = width & ~15;
         long next = 4 * ldw;
-        var mask = Vector512.Create(unchecked((int)0x8FFFE000));
         int k = k0;
         for (; k + 4 <= k1; k += 4)
         {
@@ -456,10 +455,10 @@ internal static unsafe class Gemm
                 if (prefetch) Prefetch4(w0 + o + LongRowPrefetch, ldw);
                 else if (prefetchNext) Prefetch4(w0 + o + next, ldw);
                 var acc = Vector512.Load(p + n);
-                acc = Vector512.FusedMultiplyAdd(a0, F16Bits(w0 + o, mask), acc);
-                acc = Vector512.FusedMultiplyAdd(a1, F16Bits(w1 + o, mask), acc);
-                acc = Vector512.FusedMultiplyAdd(a2, F16Bits(w2 + o, mask), acc);
-                acc = Vector512.FusedMultiplyAdd(a3, F16Bits(w3 + o, mask), acc);
+                acc = Vector512.FusedMultiplyAdd(a0, F16FiniteLoad.Bits16(w0 + o), acc);
+                acc = Vector512.FusedMultiplyAdd(a1, F16FiniteLoad.Bits16(w1 + o), acc);
+                acc = Vector512.FusedMultiplyAdd(a2, F16FiniteLoad.Bits16(w2 + o), acc);
+                acc = Vector512.FusedMultiplyAdd(a3, F16FiniteLoad.Bits16(w3 + o), acc);
                 Vector512.Store(acc, p + n);
             }
             for (int n = n16; n < width; n++)
@@ -481,15 +480,6 @@ internal static unsafe class Gemm
     static void Prefetch4(byte* p, long ldw)
     {
         Sse.Prefetch0(p); Sse.Prefetch0(p + ldw); Sse.Prefetch0(p + 2 * ldw); Sse.Prefetch0(p + 3 * ldw);
-    }
-
-    /// <summary>16 finite halves as float bit patterns 2^-112 times their value (F16FiniteLoad without its product).</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    static Vector512<float> F16Bits(byte* p, Vector512<int> mask)
-    {
-        var s = Avx512F.IsSupported ? Avx512F.ConvertToVector512Int32(Vector256.Load((short*)p))
-                                    : Vector512.WidenLower(Vector512.Create(Vector256.Load((short*)p), Vector256<short>.Zero));
-        return (Vector512.ShiftLeft(s, 13) & mask).AsSingle();
     }
 
     /// <summary>Part 2: y[n] = ((partial[0][n] + partial[1][n]) + ...) (+ bias[n]) for n in [n0, n1), chunks in order.</summary>

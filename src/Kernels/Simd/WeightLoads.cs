@@ -80,30 +80,35 @@ internal unsafe struct F16Load : IWeightLoad
 }
 
 /// <summary>
-/// IEEE half known to be finite (the tensor was scanned: <see cref="Engine.Loader.Linear.AllFinite"/>): magnitude
-/// shifted into place and rescaled by 2^112, sign moved to bit 31; no Inf/NaN mapping.
+/// IEEE half known to be finite (the tensor was scanned: <see cref="Engine.Loader.Linear.AllFinite"/>): sign-extended
+/// to 32 bits and shifted by 13, so bit 28 and the bits above it are copies of the sign while exponent and mantissa sit
+/// where a float's do; a mask keeps bit 31 (the sign) and clears bits 30..28 (<see cref="Bits16"/>: 2^-112 times the
+/// value), and the product by <see cref="Scale"/> rebiases the exponent (exact, subnormal halves included). Four
+/// operations per 16 weights instead of seven (zero-extend, two masks, two shifts, or, product); no Inf/NaN mapping.
 /// </summary>
 internal unsafe struct F16FiniteLoad : IWeightLoad
 {
     public static int Size => 2;
+    /// <summary>2^112: <see cref="Bits16"/> times this is the weight.</summary>
+    public const float Scale = 5.192296858534828e33f;
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static Vector512<float> Load16(byte* p)
+    public static Vector512<float> Load16(byte* p) => Bits16(p) * Vector512.Create(Scale);
+
+    /// <summary>16 halves as floats 2^-112 times their value (the load without its product by <see cref="Scale"/>).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector512<float> Bits16(byte* p)
     {
-        // Sign-extended to 32 bits and shifted by 13: bit 28 and the bits above it are copies of the sign, exponent and
-        // mantissa sit where a float's do; the mask keeps bit 31 (the sign) and clears bits 30..28, and the product by
-        // 2^112 rebiases the exponent (exact, subnormal halves included). Four operations per 16 weights instead of seven
-        // (zero-extend, two masks, two shifts, or, product): the F16 matmuls are bound by this conversion, not by memory.
         var s = Avx512F.IsSupported ? Avx512F.ConvertToVector512Int32(Vector256.Load((short*)p))
                                     : Vector512.WidenLower(Vector512.Create(Vector256.Load((short*)p), Vector256<short>.Zero));
-        return (Vector512.ShiftLeft(s, 13) & Vector512.Create(unchecked((int)0x8FFFE000))).AsSingle() * Vector512.Create(5.192296858534828e33f);
+        return (Vector512.ShiftLeft(s, 13) & Vector512.Create(unchecked((int)0x8FFFE000))).AsSingle();
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Vector256<float> Load8(byte* p)
     {
         var s = Vector256.WidenLower(Vector256.Create(Vector128.Load((short*)p), Vector128<short>.Zero));
-        return (Vector256.ShiftLeft(s, 13) & Vector256.Create(unchecked((int)0x8FFFE000))).AsSingle() * Vector256.Create(5.192296858534828e33f);
+        return (Vector256.ShiftLeft(s, 13) & Vector256.Create(unchecked((int)0x8FFFE000))).AsSingle() * Vector256.Create(Scale);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)] public static float Load1(byte* p) => (float)Unsafe.ReadUnaligned<Half>(p);
