@@ -21,8 +21,8 @@ internal static unsafe class OutMajorBcast
     /// <summary>Floats of the packed xᵀ buffer: ceil(M/64) panels of [K][64].</summary>
     public static long PackedFloats(int M, int K) => (long)((M + PanelRows - 1) / PanelRows) * K * PanelRows;
 
-    /// <summary>Floats of per-thread scratch: Cᵀ of one item [24][panels × 64] and one widened weight tile [6][KBlock + KBlock/2].</summary>
-    public static long ScratchFloats(int M) => (long)ItemRows * ((M + PanelRows - 1) / PanelRows) * PanelRows + TileRows * (KBlock + KBlock / 2);
+    /// <summary>Floats of per-thread scratch: Cᵀ of one item [24][panels × 64] and the item's widened weight block [24][KBlock + KBlock/2].</summary>
+    public static long ScratchFloats(int M) => (long)ItemRows * ((M + PanelRows - 1) / PanelRows) * PanelRows + ItemRows * (KBlock + KBlock / 2);
 
     /// <summary>Panel p of xᵀ: dst[k * 64 + j] = x[(64p + j) * K + k] for j &lt; 64, 0 past M.</summary>
     public static void PackPanel(float* x, int M, int K, int panel, float* packed)
@@ -54,31 +54,28 @@ internal static unsafe class OutMajorBcast
         for (int k0 = 0; k0 < K;)
         {
             int k1 = K - k0 <= KBlock + KBlock / 2 ? K : k0 + KBlock, kc = k1 - k0;
-            for (int t = 0; t < rows; t += TileRows)
+            // Panels outer, tiles inner: each xᵀ panel block (kc × 64 floats) is read from L3 once per item and reused by
+            // all of the item's tiles from L2; the item's weight block (at most 24 × kc) stays in L1.
+            float* wb;
+            long ldwb;
+            int kOff;
+            if (typeof(TW) == typeof(F32Load)) { wb = (float*)(w + n0 * ldw); ldwb = K; kOff = 0; }
+            else
             {
-                int tr = Math.Min(TileRows, rows - t);
-                byte* w0 = w + (n0 + t) * ldw;
-                float* c = cT + t * ldc;
-                if (typeof(TW) == typeof(F32Load))
+                // Widen the item's K block once ([rows][kc] floats), then run the F32 kernel on it for every panel.
+                for (int i = 0; i < rows; i++)
                 {
-                    for (int p = 0; p < panels; p++)
-                        Micro6x64((float*)w0, K, tr, xt + (long)p * K * PanelRows, k0, k1, c + p * PanelRows, ldc, k0 > 0);
+                    byte* src = w + (n0 + i) * ldw + (long)k0 * TW.Size;
+                    float* d = wide + i * kc;
+                    int k = 0;
+                    for (; k + 16 <= kc; k += 16) Vector512.Store(TW.Load16(src + (long)k * TW.Size), d + k);
+                    for (; k < kc; k++) d[k] = TW.Load1(src + (long)k * TW.Size);
                 }
-                else
-                {
-                    // Widen this tile's K block once ([6][kc] floats), then run the F32 kernel on it for every panel.
-                    for (int i = 0; i < tr; i++)
-                    {
-                        byte* src = w0 + i * ldw + (long)k0 * TW.Size;
-                        float* d = wide + i * kc;
-                        int k = 0;
-                        for (; k + 16 <= kc; k += 16) Vector512.Store(TW.Load16(src + (long)k * TW.Size), d + k);
-                        for (; k < kc; k++) d[k] = TW.Load1(src + (long)k * TW.Size);
-                    }
-                    for (int p = 0; p < panels; p++)
-                        Micro6x64(wide - k0, kc, tr, xt + (long)p * K * PanelRows, k0, k1, c + p * PanelRows, ldc, k0 > 0);
-                }
+                wb = wide; ldwb = kc; kOff = k0;
             }
+            for (int p = 0; p < panels; p++)
+                for (int t = 0; t < rows; t += TileRows)
+                    Micro6x64(wb + t * ldwb - kOff, ldwb, Math.Min(TileRows, rows - t), xt + (long)p * K * PanelRows, k0, k1, cT + t * ldc + p * PanelRows, ldc, k0 > 0);
             k0 = k1;
         }
         for (int m = 0; m < M; m++)

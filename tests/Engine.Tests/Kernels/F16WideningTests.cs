@@ -12,14 +12,14 @@ namespace Engine.Tests.Kernels;
 /// </summary>
 public class F16WideningTests
 {
-    const int K = 16, N = 63488 / K;
+    const int K = 16;
 
     static float[] AllFiniteHalves()
     {
         var v = new List<float>(63488);
         for (int bits = 0; bits <= 0xFFFF; bits++)
             if ((bits & 0x7C00) != 0x7C00) v.Add((float)BitConverter.UInt16BitsToHalf((ushort)bits));
-        Assert.Equal(K * N, v.Count);
+        Assert.Equal(63488, v.Count);
         return v.ToArray();
     }
 
@@ -32,8 +32,12 @@ public class F16WideningTests
     // |x| >= 2^15: the input-major matrix-vector product leaves its scaled form (x * 2^112 would overflow) for the rest.
     [InlineData("cpu", true, 1, 40000f)]
     [InlineData("cpu", true, 1, -1e6f)]
-    public void Every_finite_half_widens_exactly(string backend, bool inputMajor, int rows, float one = 1f)
+    // 128 rows: input-major F16 weights are widened into a per-thread panel first (Gemm.InMajorPacked).
+    [InlineData("cpu", true, 128, 1f, 128)]
+    [InlineData("cpu", false, 128, 1f, 128)]
+    public void Every_finite_half_widens_exactly(string backend, bool inputMajor, int rows, float one = 1f, int K = K)
     {
+        int N = 63488 / K;
         var halves = AllFiniteHalves();
         // Element (k, n) of the logical [K, N] matrix is halves[n * K + k]; stored [K, N] (input-major) or [N, K].
         var data = new float[K * N];
