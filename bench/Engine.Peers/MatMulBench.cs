@@ -42,6 +42,20 @@ public sealed unsafe class MatMulBench : IDisposable
         return list;
     }
 
+    /// <summary>The cached weights file of these cases under <paramref name="folder"/> (named by the cases' shapes).</summary>
+    static string FileFor(string folder, IReadOnlyList<MatMulCase> cases)
+    {
+        string key = string.Join("_", cases.Select(c => $"{c.Layout}{c.K}x{c.N}s{c.Stream}").Distinct());
+        return Path.Combine(folder, $"matmul-v1-{Convert.ToHexString(System.Security.Cryptography.SHA256.HashData(System.Text.Encoding.UTF8.GetBytes(key)))[..12].ToLowerInvariant()}.safetensors");
+    }
+
+    /// <summary>The cached weights file of these cases when it exists (none yet: empty).</summary>
+    public static IEnumerable<string> ExistingFile(string folder, IReadOnlyList<MatMulCase> cases)
+    {
+        string f = FileFor(folder, cases);
+        return File.Exists(f) ? [f] : [];
+    }
+
     /// <summary>
     /// Opens the file under <paramref name="folder"/> holding the weights of <paramref name="cases"/> (random, seed 11),
     /// writing it first when it is not there yet.
@@ -51,8 +65,7 @@ public sealed unsafe class MatMulBench : IDisposable
         Directory.CreateDirectory(folder);
         // Deterministic content (seed 11), so the file is kept and reused: a file written moments before its pages
         // are streamed measured 8-13 GB/s in the from-memory cases against 38-50 GB/s on an older one (this VM).
-        string key = string.Join("_", cases.Select(c => $"{c.Layout}{c.K}x{c.N}s{c.Stream}").Distinct());
-        FilePath = Path.Combine(folder, $"matmul-v1-{Convert.ToHexString(System.Security.Cryptography.SHA256.HashData(System.Text.Encoding.UTF8.GetBytes(key)))[..12].ToLowerInvariant()}.safetensors");
+        FilePath = FileFor(folder, cases);
         Cases = cases;
         if (File.Exists(FilePath)) { _file = SafeTensorFile.Open(FilePath); return; }
         var rng = new Random(11);

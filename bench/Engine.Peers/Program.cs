@@ -59,6 +59,8 @@ sealed class PeersTool
           --cache DIR            converted GGUF/ONNX files and verification models (default weights/peers)
           --json FILE            write the JSON document (schema in bench/Engine.Peers/README.md)
           --no-verify            skip the logit checks
+          --keep-page-cache      do not drop the weight files' cached pages first (by default they are dropped so the engine's
+                                 mapping reads them back in 2 MiB pages, whatever cached them before; see PageCache.cs)
           --verbose              llama.cpp's log on stderr
         """;
 
@@ -69,7 +71,17 @@ sealed class PeersTool
     string _openBlasCore = "Cooperlake";
     string _ggufType = "auto", _llamaKv = "f16", _llamaFa = "auto", _cache = Path.Combine("weights", "peers");
     string? _json;
-    bool _verify = true, _verbose, _isolate = true;
+    bool _verify = true, _verbose, _isolate = true, _dropPageCache = true;
+
+    /// <summary>Drops the files' cached pages (see <see cref="PageCache"/>) and says so.</summary>
+    void DropPageCache(IEnumerable<string> files)
+    {
+        foreach (var f in files)
+        {
+            bool ok = PageCache.Drop(f);
+            _log.WriteLine($"page cache of {f}: {(ok ? "dropped (read back in 2 MiB pages by the engine's mapping)" : "kept (posix_fadvise unavailable)")}");
+        }
+    }
     double _noiseLimit = 0.3, _quietWait = 30;
     readonly TextWriter _log = Console.Error;
     readonly JsonArray _skipped = [];
@@ -120,6 +132,7 @@ sealed class PeersTool
                 case "--cache": _cache = Next(); break;
                 case "--json": _json = Next(); break;
                 case "--no-verify": _verify = false; break;
+                case "--keep-page-cache": _dropPageCache = false; break;
                 case "--verbose": _verbose = true; break;
                 case "-h" or "--help": Console.WriteLine(Usage); Environment.Exit(0); break;
                 default: throw new UsageException($"unknown argument '{a}'\n{Usage}");
@@ -175,6 +188,7 @@ sealed class PeersTool
                 ["noise_limit_cores"] = _noiseLimit,
                 ["peers"] = string.Join(",", _peers.Order()),
                 ["isolation"] = _isolate ? "process" : "none",
+                ["drop_page_cache"] = _dropPageCache,
             },
         };
         var wait = Noise.WaitQuiet(_noiseLimit, 60);
@@ -282,6 +296,7 @@ sealed class PeersTool
         var cases = MatMulBench.DefaultCases(_streamMatrices);
         var rows = new JsonArray();
         _log.WriteLine("matrix multiply: engine (backend cpu) vs OpenBLAS, GFLOP/s (medians)");
+        if (_dropPageCache) DropPageCache(MatMulBench.ExistingFile(_cache, cases));
         using (var bench = new MatMulBench(_cache, cases))
         {
             var h = NewHarness();
@@ -442,6 +457,7 @@ sealed class PeersTool
 
     JsonObject RunModel(string folder)
     {
+        if (_dropPageCache) DropPageCache(Directory.GetFiles(folder, "*.safetensors"));
         using var model = Model.Load(folder);
         var c = model.Config;
         var dtypes = model.ParameterCounts.OrderByDescending(kv => kv.Value).Select(kv => kv.Key).ToArray();

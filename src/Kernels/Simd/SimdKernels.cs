@@ -72,6 +72,22 @@ public sealed unsafe class SimdKernels : IKernels
     readonly GemvInMajorWork _gemvIn = new();
     readonly GemvOutMajorWork _gemvOut = new();
     float[]? _partial;                                // per-chunk partial rows of the input-major decode path
+    float[]? _xScaled;                                // x · 2^112 for the F16 out-major decode path, grown once
+
+    /// <summary>
+    /// xs = x · 2^112 (exact) when every |x| &lt; 2^15, so that the products stay finite; false (xs unusable) otherwise,
+    /// NaN included.
+    /// </summary>
+    static bool ScaleForF16Bits(float* x, int n, float* xs)
+    {
+        for (int i = 0; i < n; i++)
+        {
+            float v = x[i];
+            if (!(MathF.Abs(v) < 32768f)) return false;
+            xs[i] = v * F16FiniteLoad.Scale;
+        }
+        return true;
+    }
 
     /// <summary>One row through input-major weights (decode): chunks of Gemm.RowChunk weight rows, then the ordered sum.</summary>
     sealed class GemvInMajorWork : IParallelWork
@@ -104,6 +120,8 @@ public sealed unsafe class SimdKernels : IKernels
     {
         public const int Rows = 64;
         public float* X, Y, Bias; public Linear W = null!;
+        /// <summary>X holds x · 2^112 and the F16 weights are read without their product by 2^112 (F16BitsLoad).</summary>
+        public bool Scaled;
         public void Execute(int index)
         {
             int n0 = index * Rows, n1 = Math.Min(W.Out, n0 + Rows);
@@ -113,7 +131,8 @@ public sealed unsafe class SimdKernels : IKernels
                 case DType.F32: Gemm.OutMajorRow<F32Load>(X, W.In, w, Bias, Y, n0, n1); break;
                 case DType.BF16: Gemm.OutMajorRow<BF16Load>(X, W.In, w, Bias, Y, n0, n1); break;
                 case DType.F16:
-                    if (W.AllFinite) Gemm.OutMajorRow<F16FiniteLoad>(X, W.In, w, Bias, Y, n0, n1);
+                    if (Scaled) Gemm.OutMajorRow<F16BitsLoad>(X, W.In, w, Bias, Y, n0, n1);
+                    else if (W.AllFinite) Gemm.OutMajorRow<F16FiniteLoad>(X, W.In, w, Bias, Y, n0, n1);
                     else Gemm.OutMajorRow<F16Load>(X, W.In, w, Bias, Y, n0, n1);
                     break;
                 default: throw new NotSupportedException($"matmul weights of dtype {W.DType}");
@@ -218,6 +237,14 @@ public sealed unsafe class SimdKernels : IKernels
                     {
                         var job = _gemvOut;
                         job.X = px; job.Y = py; job.Bias = pb; job.W = w;
+                        job.Scaled = false;
+                        if (w.DType == DType.F16 && w.AllFinite)
+                        {
+                            // One operation fewer per 16 weights: x · 2^112 once, the weights' widening without its product.
+                            if (_xScaled == null || _xScaled.Length < w.In) _xScaled = GC.AllocateUninitializedArray<float>(w.In, pinned: true);
+                            fixed (float* pxs = _xScaled)
+                                if (ScaleForF16Bits(px, w.In, pxs)) { job.X = pxs; job.Scaled = true; }
+                        }
                         _pool.Run(job, (w.Out + GemvOutMajorWork.Rows - 1) / GemvOutMajorWork.Rows);
                         job.W = null!;
                     }

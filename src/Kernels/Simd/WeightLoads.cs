@@ -113,3 +113,24 @@ internal unsafe struct F16FiniteLoad : IWeightLoad
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)] public static float Load1(byte* p) => (float)Unsafe.ReadUnaligned<Half>(p);
 }
+
+/// <summary>
+/// Finite IEEE half as <see cref="F16FiniteLoad.Bits16"/>: 2^-112 times its value (the widening without its product by
+/// 2^112), exact as a bit pattern (subnormal floats included). Only for products whose other factor was multiplied by
+/// 2^112 beforehand: fma(bits, x · 2^112, acc) = fma(w, x, acc) bit for bit, since the FMA's product is exact.
+/// </summary>
+internal unsafe struct F16BitsLoad : IWeightLoad
+{
+    public static int Size => 2;
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector512<float> Load16(byte* p) => F16FiniteLoad.Bits16(p);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector256<float> Load8(byte* p)
+    {
+        var s = Vector256.WidenLower(Vector256.Create(Vector128.Load((short*)p), Vector128<short>.Zero));
+        return (Vector256.ShiftLeft(s, 13) & Vector256.Create(unchecked((int)0x8FFFE000))).AsSingle();
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static float Load1(byte* p) => BitConverter.Int32BitsToSingle((Unsafe.ReadUnaligned<short>(p) << 13) & unchecked((int)0x8FFFE000));
+}
