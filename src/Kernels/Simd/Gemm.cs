@@ -211,7 +211,10 @@ internal static unsafe class Gemm
         for (; n + 64 <= n1; n += 64)
         {
             int m = 0;
-            for (; m + 6 <= M; m += 6) Bcast6x64<TW>(x + m * ldx, ldx, k0, k1, w + (long)n * TW.Size, ldwBytes, bias == null ? null : bias + n, y + m * ldy + n, ldy, accumulate);
+            // Two rows left over (M = 6q + 2, as at 128 and 512) go as 6 + 2 = 4 + 4: the one-row kernel has four FMA
+            // chains, too few to hide the FMA latency.
+            int m6 = M % 6 == 2 && M >= 8 ? M - 8 : M;
+            for (; m + 6 <= m6; m += 6) Bcast6x64<TW>(x + m * ldx, ldx, k0, k1, w + (long)n * TW.Size, ldwBytes, bias == null ? null : bias + n, y + m * ldy + n, ldy, accumulate);
             for (; m + 4 <= M; m += 4) Bcast4x64<TW>(x + m * ldx, ldx, k0, k1, w + (long)n * TW.Size, ldwBytes, bias == null ? null : bias + n, y + m * ldy + n, ldy, accumulate);
             for (; m < M; m++) Bcast1x64<TW>(x + m * ldx, k0, k1, w + (long)n * TW.Size, ldwBytes, bias == null ? null : bias + n, y + m * ldy + n, accumulate);
         }

@@ -536,8 +536,9 @@ public sealed unsafe class SimdKernels : IKernels
     readonly TiledAttentionWork _attnTiled = new();
 
     /// <summary>
-    /// Attention on the <see cref="Gemm"/> kernels: items are (head, block of query rows). Scores = Q Kᵀ (dot form, keys
-    /// read in place from the cache), × scale, row softmax over the visible keys, then Z = P V (broadcast form) — over
+    /// Attention on the <see cref="Gemm"/> kernels: items are (head, block of query rows). Scores = Q Kᵀ (4 × 4 tiles of
+    /// <see cref="ScoresTiles"/>, keys read in place from the cache; GPT-2-small prefill 512, engine profile: attention
+    /// 46.0 -> 26.6 ms, against the dot form's per-element lane sums), × scale, row softmax over the visible keys, then Z = P V (broadcast form) — over
     /// the keys all rows of the block see, then each row continues its own FMA chain over the keys only it sees.
     /// Every element goes through the same operations whether the scores/pattern are materialised or kept in scratch,
     /// so the fused step is bit-identical to Scores → Softmax → Mix.
@@ -589,8 +590,7 @@ public sealed unsafe class SimdKernels : IKernels
         {
             var s = Shape;
             int d = s.HeadDim;
-            Gemm.OutMajor<F32Load>(Q + ((long)t0 * s.Heads + h) * d, (long)s.Heads * d, rows, d,
-                (byte*)(K + (long)kvh * d), (long)s.KvHeads * d * sizeof(float), null, sc, ldS, 0, nMax);
+            ScoresTiles.Compute(Q + ((long)t0 * s.Heads + h) * d, (long)s.Heads * d, rows, d, K + (long)kvh * d, (long)s.KvHeads * d, nMax, sc, ldS);
             for (int r = 0; r < rows; r++)
                 TensorPrimitives.Multiply(new ReadOnlySpan<float>(sc + r * ldS, s.Pos0 + t0 + r + 1), s.Scale, new Span<float>(sc + r * ldS, s.Pos0 + t0 + r + 1));
         }

@@ -32,6 +32,9 @@ public class F16WideningTests
     // |x| >= 2^15: the input-major matrix-vector product leaves its scaled form (x * 2^112 would overflow) for the rest.
     [InlineData("cpu", true, 1, 40000f)]
     [InlineData("cpu", true, 1, -1e6f)]
+    // The out-major matrix-vector product takes x · 2^112 only while every |x| < 2^15.
+    [InlineData("cpu", false, 1, 40000f)]
+    [InlineData("cpu", false, 1, -1e6f)]
     // 128 rows: input-major F16 weights are widened into a per-thread panel first (Gemm.InMajorPacked).
     [InlineData("cpu", true, 128, 1f, 128)]
     [InlineData("cpu", false, 128, 1f, 128)]
