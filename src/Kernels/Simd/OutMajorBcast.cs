@@ -18,11 +18,20 @@ internal static unsafe class OutMajorBcast
 {
     public const int TileRows = 6, PanelRows = 64, KBlock = 384, ItemRows = 4 * TileRows;
 
+    /// <summary>
+    /// Weight rows per item from 384 rows of x on (six or more panels: the K block of all panels no longer fits L2, and
+    /// each item reads it from L3 once): twice as many tiles reuse each panel block. Measured in cache, 2 threads, F32,
+    /// 24 -> 48 rows: 768x768x768 254-258 -> 266-285 GFLOP/s, [512x768]x[768x3072] 287-294 -> 293-299; at 128 rows
+    /// 300-303 -> 249-263.
+    /// </summary>
+    const int BigItemRows = 8 * TileRows, BigItemMinRows = 384;
+    const int MaxItemRows = BigItemRows;
+
     /// <summary>Floats of the packed xᵀ buffer: ceil(M/64) panels of [K][64].</summary>
     public static long PackedFloats(int M, int K) => (long)((M + PanelRows - 1) / PanelRows) * K * PanelRows;
 
     /// <summary>Floats of per-thread scratch: Cᵀ of one item [24][panels × 64] and the item's widened weight block [24][KBlock + KBlock/2].</summary>
-    public static long ScratchFloats(int M) => (long)ItemRows * ((M + PanelRows - 1) / PanelRows) * PanelRows + ItemRows * (KBlock + KBlock / 2);
+    public static long ScratchFloats(int M) => (long)MaxItemRows * ((M + PanelRows - 1) / PanelRows) * PanelRows + MaxItemRows * (KBlock + KBlock / 2);
 
     /// <summary>Panel p of xᵀ: dst[k * 64 + j] = x[(64p + j) * K + k] for j &lt; 64, 0 past M.</summary>
     public static void PackPanel(float* x, int M, int K, int panel, float* packed)
@@ -38,10 +47,12 @@ internal static unsafe class OutMajorBcast
     }
 
     /// <summary>
-    /// Weight rows per work item for N outputs: 24, or 12 / 6 when that leaves fewer than 16 items (small projections such
-    /// as a GQA model's K and V keep both threads busy to the end).
+    /// Weight rows per work item for N outputs and M rows of x: 48 for M ≥ 384 (see <see cref="BigItemRows"/>), else 24,
+    /// or 12 / 6 when that leaves fewer than 16 items (small projections such as a GQA model's K and V keep both threads
+    /// busy to the end).
     /// </summary>
-    public static int RowsPerItem(int N) => N >= 16 * ItemRows ? ItemRows : N >= 16 * 2 * TileRows ? 2 * TileRows : TileRows;
+    public static int RowsPerItem(int N, int M) =>
+        M >= BigItemMinRows && N >= 8 * BigItemRows ? BigItemRows : N >= 16 * ItemRows ? ItemRows : N >= 16 * 2 * TileRows ? 2 * TileRows : TileRows;
 
     /// <summary>y[0..M, n0..n0+itemRows) (+ bias) for item i (n0 = i × itemRows): xt = packed xᵀ panels, W [N, K] of TW.</summary>
     public static void Item<TW>(float* xt, int M, int K, byte* w, float* bias, float* y, int N, int item, int itemRows, float* scratch) where TW : IWeightLoad
@@ -49,7 +60,7 @@ internal static unsafe class OutMajorBcast
         int n0 = item * itemRows, rows = Math.Min(itemRows, N - n0);
         int panels = (M + PanelRows - 1) / PanelRows;
         long ldc = (long)panels * PanelRows;
-        float* cT = scratch, wide = scratch + ItemRows * ldc;
+        float* cT = scratch, wide = scratch + MaxItemRows * ldc;
         long ldw = (long)K * TW.Size;
         for (int k0 = 0; k0 < K;)
         {

@@ -207,7 +207,7 @@ public sealed unsafe class SimdKernels : IKernels
                         _pool.Run(pack, (rows + OutMajorBcast.PanelRows - 1) / OutMajorBcast.PanelRows);
                         var job = _ob;
                         job.XP = pxp; job.Y = py; job.Bias = pb; job.Rows = rows; job.W = w;
-                        job.ItemRows = OutMajorBcast.RowsPerItem(w.Out);
+                        job.ItemRows = OutMajorBcast.RowsPerItem(w.Out, rows);
                         _pool.Run(job, (w.Out + job.ItemRows - 1) / job.ItemRows);
                         job.W = null!;
                     }

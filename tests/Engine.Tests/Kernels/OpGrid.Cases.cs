@@ -65,6 +65,8 @@ public static class OpGrid
                 // Out-major broadcast path over three K blocks (384 + 384 + 193) and items of 24 rows with a partial last
                 // tile (N = 400 = 16 × 24 + 16).
                 list.Add(new MatMulCase(130, 961, 400, dt, inMajor, true));
+                // From 384 rows items of 48 weight rows (N = 400 = 8 × 48 + 16), seven panels with a partial last one.
+                if (!inMajor) list.Add(new MatMulCase(390, 400, 400, dt, inMajor, true));
                 // Input-major K blocks of 384 rows, the last one taking up to 576: K = 960 is 384 + 576, K = 961 is
                 // 384 + 384 + 193; 13 rows = 6 + 6 + 1, N = 135 = 2 × 64 + 7 (64-, 16- and 1-column tails).
                 list.Add(new MatMulCase(13, 960, 135, dt, inMajor, true));
