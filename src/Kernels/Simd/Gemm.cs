@@ -426,50 +426,26 @@ internal static unsafe class Gemm
     static void AccumulateRows<TW>(float* x, int k0, int k1, byte* w, long ldw, int width, float* p) where TW : IWeightLoad
     {
         int n16 = width & ~15;
-        int k = k0;
-        // Four weight rows per pass over p: the chain p = fma(x[k], w[k], p) is unchanged (k ascending), with a quarter of
-        // the loads and stores of p. Measured from memory, 2 threads, alternating in one process: for rows under 4 KiB
-        // too (3072 → 768 29.0 → 33.5 GB/s, 768 → 768 27.6 → 31.9, against one row per pass).
+        // Rows of ≥ 4 KiB prefetch ahead within the rows (PrefetchAhead); shorter rows prefetch the next pass's rows at
+        // the same offsets (they follow this pass's rows in memory). Measured in GPT-2-small F32 decode (engine profile,
+        // alternating runs), four-row passes: mlp.c_proj 3072 -> 768 35-37 -> 40-45 GB/s, attn.c_proj 36-39 -> 42-44.
         bool prefetch = (long)width * TW.Size >= 4096 && Sse.IsSupported;
-        // Shorter rows: the four rows of the next pass, at the same offsets (they follow this pass's rows in memory).
-        // Measured in GPT-2-small F32 decode (engine profile, alternating runs): mlp.c_proj 3072 -> 768 35-37 -> 40-45 GB/s,
-        // attn.c_proj 768 -> 768 36-39 -> 42-44 GB/s.
         bool prefetchNext = !prefetch && Sse.IsSupported;
+        int k = k0;
+        // F16 first in its scaled form (2^112 moved onto x) while x allows it, then every dtype in its own form.
+        if (typeof(TW) == typeof(F16FiniteLoad)) k = Pass8<F16BitsLoad>(x, k, k1, w, ldw, width, n16, p, prefetch, prefetchNext, scaled: true);
+        k = Pass8<TW>(x, k, k1, w, ldw, width, n16, p, prefetch, prefetchNext, scaled: false);
         long next = 4 * ldw;
-        if (typeof(TW) == typeof(F16FiniteLoad)) k = AccumulateRowsF16Scaled(x, k0, k1, w, ldw, width, p, prefetch, prefetchNext);
         for (; k + 4 <= k1; k += 4)
         {
             byte* w0 = w + k * ldw, w1 = w0 + ldw, w2 = w1 + ldw, w3 = w2 + ldw;
             var a0 = Vector512.Create(x[k]); var a1 = Vector512.Create(x[k + 1]);
             var a2 = Vector512.Create(x[k + 2]); var a3 = Vector512.Create(x[k + 3]);
             int n = 0;
-            // Two-byte weights: 32 columns per step (measured, GPT-2-small decode, engine profile, 16 -> 32 columns: F16
-            // mlp.c_fc 29.1-30.2 -> 30.9-31.6 GB/s, attn.c_proj 23.1-25.7 -> 23.9-26.5; BF16 c_fc 29.3-29.9 -> 30.5-31.9).
-            if (TW.Size == 2)
-                for (; n + 32 <= n16; n += 32)
-                {
-                    // 32 two-byte columns: one cache line of each row, one prefetch per row and line.
-                    long o = (long)n * 2;
-                    if (prefetch) PrefetchAhead4(w0, o, ldw);
-                    else if (prefetchNext) Prefetch4(w0 + o + next, ldw);
-                    var acc = Vector512.Load(p + n);
-                    var acc2 = Vector512.Load(p + n + 16);
-                    acc = Vector512.FusedMultiplyAdd(a0, TW.Load16(w0 + o), acc);
-                    acc2 = Vector512.FusedMultiplyAdd(a0, TW.Load16(w0 + o + 32), acc2);
-                    acc = Vector512.FusedMultiplyAdd(a1, TW.Load16(w1 + o), acc);
-                    acc2 = Vector512.FusedMultiplyAdd(a1, TW.Load16(w1 + o + 32), acc2);
-                    acc = Vector512.FusedMultiplyAdd(a2, TW.Load16(w2 + o), acc);
-                    acc2 = Vector512.FusedMultiplyAdd(a2, TW.Load16(w2 + o + 32), acc2);
-                    acc = Vector512.FusedMultiplyAdd(a3, TW.Load16(w3 + o), acc);
-                    acc2 = Vector512.FusedMultiplyAdd(a3, TW.Load16(w3 + o + 32), acc2);
-                    Vector512.Store(acc, p + n);
-                    Vector512.Store(acc2, p + n + 16);
-                }
             for (; n < n16; n += 16)
             {
                 long o = (long)n * TW.Size;
-                if (prefetch) PrefetchAhead4(w0, o, ldw);
-                else if (prefetchNext) Prefetch4(w0 + o + next, ldw);
+                if (prefetchNext) Prefetch4(w0 + o + next, ldw);
                 var acc = Vector512.Load(p + n);
                 acc = Vector512.FusedMultiplyAdd(a0, TW.Load16(w0 + o), acc);
                 acc = Vector512.FusedMultiplyAdd(a1, TW.Load16(w1 + o), acc);
@@ -500,85 +476,99 @@ internal static unsafe class Gemm
     }
 
     /// <summary>
-    /// The four-row passes of <see cref="AccumulateRows{TW}"/> for finite F16 weights with the widening's product by
-    /// 2^112 moved onto x: fma(bits(w) * 2^112, x, p) = fma(bits(w), x * 2^112, p) bit for bit (the FMA's product is exact
-    /// and both scalings are exact), one operation fewer per 16 weights. Valid while |x| * 2^112 stays finite: passes
-    /// whose four x are not all below 2^15 in magnitude (or not finite) stop here and the caller's generic loop takes
-    /// over from the returned row. Returns the first row not done.
+    /// The eight-row passes of <see cref="AccumulateRows{TW}"/> from row k while eight rows are left: per column the chain
+    /// p = fma(x[k], w[k], p) for the eight rows in order (the same operations as one row at a time), one load and store of
+    /// p per eight rows, and per step one cache line of every row (16 four-byte or 32 two-byte columns) with one prefetch
+    /// per row. Measured in GPT-2-small decode (engine profile, alternating runs of the builds before and after), four ->
+    /// eight rows per pass: F32 75.4-77.1 -> 82.6-83.1 tokens/s (mlp.c_proj 35-36 -> 40 GB/s, attn.c_attn 37-38 -> 43),
+    /// BF16 132-135 -> 141-147, F16 127-132 -> 144-146 (mlp.c_proj 28-29 -> 36).
+    /// scaled (TW = <see cref="F16BitsLoad"/>, weights F16 read as 2^-112 times their value): x is multiplied by 2^112
+    /// (fma(bits, x · 2^112, p) = fma(w, x, p) bit for bit: the FMA's product is exact, both scalings are exact), valid
+    /// while |x| &lt; 2^15: a pass whose eight x are not all below that (or not finite) stops here. Returns the first row
+    /// not done.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    static int AccumulateRowsF16Scaled(float* x, int k0, int k1, byte* w, long ldw, int width, float* p, bool prefetch, bool prefetchNext)
+    static int Pass8<TW>(float* x, int k, int k1, byte* w, long ldw, int width, int n16, float* p, bool prefetch, bool prefetchNext, bool scaled) where TW : IWeightLoad
     {
-        const float Scale = F16FiniteLoad.Scale;
-        int n16 = width & ~15;
-        long next = 4 * ldw;
-        int k = k0;
-        for (; k + 4 <= k1; k += 4)
+        const int Line = 64;
+        int step = Line / TW.Size;                   // columns per cache line: 16 or 32
+        for (; k + 8 <= k1; k += 8)
         {
-            float x0 = x[k], x1 = x[k + 1], x2 = x[k + 2], x3 = x[k + 3];
-            if (!(MathF.Abs(x0) < 32768f && MathF.Abs(x1) < 32768f && MathF.Abs(x2) < 32768f && MathF.Abs(x3) < 32768f)) break;
-            byte* w0 = w + k * ldw, w1 = w0 + ldw, w2 = w1 + ldw, w3 = w2 + ldw;
-            var a0 = Vector512.Create(x0 * Scale); var a1 = Vector512.Create(x1 * Scale);
-            var a2 = Vector512.Create(x2 * Scale); var a3 = Vector512.Create(x3 * Scale);
-            int n = 0;
-            for (; n + 32 <= n16; n += 32)
+            float s = 1f;
+            if (scaled)
             {
-                // 32 columns: one cache line of each row, so one prefetch per row and line.
-                long o = (long)n * 2;
-                if (prefetch) PrefetchAhead4(w0, o, ldw);
-                else if (prefetchNext) Prefetch4(w0 + o + next, ldw);
+                for (int r = 0; r < 8; r++)
+                    if (!(MathF.Abs(x[k + r]) < 32768f)) return k;
+                s = F16FiniteLoad.Scale;
+            }
+            byte* w0 = w + k * ldw;
+            var a0 = Vector512.Create(x[k] * s); var a1 = Vector512.Create(x[k + 1] * s);
+            var a2 = Vector512.Create(x[k + 2] * s); var a3 = Vector512.Create(x[k + 3] * s);
+            var a4 = Vector512.Create(x[k + 4] * s); var a5 = Vector512.Create(x[k + 5] * s);
+            var a6 = Vector512.Create(x[k + 6] * s); var a7 = Vector512.Create(x[k + 7] * s);
+            int n = 0;
+            for (; n + step <= n16; n += step)
+            {
+                long o = (long)n * TW.Size;
+                if (prefetch)
+                {
+                    // Past a row's end, the line of the row eight further on (the next pass's row at the same place), so
+                    // the next pass does not start with seven of its eight rows cold (four-row passes, without -> with:
+                    // F16 mlp.c_fc 23.9 -> 26.4-26.8 GB/s, F32 36-37 -> 40).
+                    long f = o + LongRowPrefetch;
+                    if (f >= ldw) f += 7 * ldw;
+                    Prefetch4(w0 + f, ldw); Prefetch4(w0 + f + 4 * ldw, ldw);
+                }
+                else if (prefetchNext) { Prefetch4(w0 + o + 8 * ldw, ldw); Prefetch4(w0 + o + 12 * ldw, ldw); }
+                byte* wo = w0 + o;
                 var acc = Vector512.Load(p + n);
-                var acc2 = Vector512.Load(p + n + 16);
-                acc = Vector512.FusedMultiplyAdd(a0, F16FiniteLoad.Bits16(w0 + o), acc);
-                acc2 = Vector512.FusedMultiplyAdd(a0, F16FiniteLoad.Bits16(w0 + o + 32), acc2);
-                acc = Vector512.FusedMultiplyAdd(a1, F16FiniteLoad.Bits16(w1 + o), acc);
-                acc2 = Vector512.FusedMultiplyAdd(a1, F16FiniteLoad.Bits16(w1 + o + 32), acc2);
-                acc = Vector512.FusedMultiplyAdd(a2, F16FiniteLoad.Bits16(w2 + o), acc);
-                acc2 = Vector512.FusedMultiplyAdd(a2, F16FiniteLoad.Bits16(w2 + o + 32), acc2);
-                acc = Vector512.FusedMultiplyAdd(a3, F16FiniteLoad.Bits16(w3 + o), acc);
-                acc2 = Vector512.FusedMultiplyAdd(a3, F16FiniteLoad.Bits16(w3 + o + 32), acc2);
+                acc = Vector512.FusedMultiplyAdd(a0, TW.Load16(wo), acc);
+                acc = Vector512.FusedMultiplyAdd(a1, TW.Load16(wo + ldw), acc);
+                acc = Vector512.FusedMultiplyAdd(a2, TW.Load16(wo + 2 * ldw), acc);
+                acc = Vector512.FusedMultiplyAdd(a3, TW.Load16(wo + 3 * ldw), acc);
+                acc = Vector512.FusedMultiplyAdd(a4, TW.Load16(wo + 4 * ldw), acc);
+                acc = Vector512.FusedMultiplyAdd(a5, TW.Load16(wo + 5 * ldw), acc);
+                acc = Vector512.FusedMultiplyAdd(a6, TW.Load16(wo + 6 * ldw), acc);
+                acc = Vector512.FusedMultiplyAdd(a7, TW.Load16(wo + 7 * ldw), acc);
                 Vector512.Store(acc, p + n);
-                Vector512.Store(acc2, p + n + 16);
+                if (TW.Size == 2)
+                {
+                    wo += 32;
+                    var acc2 = Vector512.Load(p + n + 16);
+                    acc2 = Vector512.FusedMultiplyAdd(a0, TW.Load16(wo), acc2);
+                    acc2 = Vector512.FusedMultiplyAdd(a1, TW.Load16(wo + ldw), acc2);
+                    acc2 = Vector512.FusedMultiplyAdd(a2, TW.Load16(wo + 2 * ldw), acc2);
+                    acc2 = Vector512.FusedMultiplyAdd(a3, TW.Load16(wo + 3 * ldw), acc2);
+                    acc2 = Vector512.FusedMultiplyAdd(a4, TW.Load16(wo + 4 * ldw), acc2);
+                    acc2 = Vector512.FusedMultiplyAdd(a5, TW.Load16(wo + 5 * ldw), acc2);
+                    acc2 = Vector512.FusedMultiplyAdd(a6, TW.Load16(wo + 6 * ldw), acc2);
+                    acc2 = Vector512.FusedMultiplyAdd(a7, TW.Load16(wo + 7 * ldw), acc2);
+                    Vector512.Store(acc2, p + n + 16);
+                }
             }
             for (; n < n16; n += 16)
             {
-                long o = (long)n * 2;
-                if (prefetch) PrefetchAhead4(w0, o, ldw);
-                else if (prefetchNext) Prefetch4(w0 + o + next, ldw);
+                byte* wo = w0 + (long)n * TW.Size;
                 var acc = Vector512.Load(p + n);
-                acc = Vector512.FusedMultiplyAdd(a0, F16FiniteLoad.Bits16(w0 + o), acc);
-                acc = Vector512.FusedMultiplyAdd(a1, F16FiniteLoad.Bits16(w1 + o), acc);
-                acc = Vector512.FusedMultiplyAdd(a2, F16FiniteLoad.Bits16(w2 + o), acc);
-                acc = Vector512.FusedMultiplyAdd(a3, F16FiniteLoad.Bits16(w3 + o), acc);
+                acc = Vector512.FusedMultiplyAdd(a0, TW.Load16(wo), acc);
+                acc = Vector512.FusedMultiplyAdd(a1, TW.Load16(wo + ldw), acc);
+                acc = Vector512.FusedMultiplyAdd(a2, TW.Load16(wo + 2 * ldw), acc);
+                acc = Vector512.FusedMultiplyAdd(a3, TW.Load16(wo + 3 * ldw), acc);
+                acc = Vector512.FusedMultiplyAdd(a4, TW.Load16(wo + 4 * ldw), acc);
+                acc = Vector512.FusedMultiplyAdd(a5, TW.Load16(wo + 5 * ldw), acc);
+                acc = Vector512.FusedMultiplyAdd(a6, TW.Load16(wo + 6 * ldw), acc);
+                acc = Vector512.FusedMultiplyAdd(a7, TW.Load16(wo + 7 * ldw), acc);
                 Vector512.Store(acc, p + n);
             }
-            for (n = n16; n < width; n++)
+            for (; n < width; n++)
             {
-                long o = (long)n * 2;
+                byte* wo = w0 + (long)n * TW.Size;
                 float acc = p[n];
-                acc = MathF.FusedMultiplyAdd(x0, F16FiniteLoad.Load1(w0 + o), acc);
-                acc = MathF.FusedMultiplyAdd(x1, F16FiniteLoad.Load1(w1 + o), acc);
-                acc = MathF.FusedMultiplyAdd(x2, F16FiniteLoad.Load1(w2 + o), acc);
-                acc = MathF.FusedMultiplyAdd(x3, F16FiniteLoad.Load1(w3 + o), acc);
+                for (int r = 0; r < 8; r++) acc = MathF.FusedMultiplyAdd(x[k + r] * s, TW.Load1(wo + r * ldw), acc);
                 p[n] = acc;
             }
         }
         return k;
-    }
-
-    /// <summary>
-    /// Prefetches <see cref="LongRowPrefetch"/> bytes ahead of offset o in each of the four consecutive rows from w0;
-    /// past a row's end the line is taken from the row four further on (the next pass's row at the same place in the
-    /// stream), so the next pass does not start with three of its four rows cold. Measured in GPT-2-small decode (engine
-    /// profile, alternating runs), without -> with the wrap: F16 mlp.c_fc 23.9 -> 26.4-26.8 GB/s, attn.c_attn 21.5 ->
-    /// 24.4-25.4; F32 mlp.c_fc 36-37 -> 40, attn.c_attn 32.6 -> 34.6-36.
-    /// </summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    static void PrefetchAhead4(byte* w0, long o, long ldw)
-    {
-        long f = o + LongRowPrefetch;
-        if (f >= ldw) f += 3 * ldw;
-        Prefetch4(w0 + f, ldw);
     }
 
     /// <summary>Prefetches one cache line in each of four rows ldw bytes apart, from p.</summary>
