@@ -5,7 +5,8 @@ using System.Runtime.Intrinsics.X86;
 namespace Engine.Kernels.Simd;
 
 /// <summary>
-/// Register-tiled matrix multiply on the weights' stored layout and dtype (no packing, no float copy of the model):
+/// Register-tiled matrix multiply on the weights' stored layout and dtype (no float copy of the model; only F16 K blocks
+/// are widened into a small per-thread panel from 128 rows on, see <see cref="PackMinRows"/>):
 /// <list type="bullet">
 /// <item>out-major W [N, K] (nn.Linear): "dot form": a 4 × 4 tile of (row, output) pairs, 16 Vector512 accumulators
 /// over K, each reduced at the end;</item>
@@ -393,9 +394,10 @@ internal static unsafe class Gemm
     public const int RowChunk = 128;
 
     /// <summary>
-    /// Bytes ahead that the four-row pass prefetches in each of its rows when a row is ≥ 4 KiB (one 4 KiB page or more:
-    /// the hardware prefetchers stop at the page end). Measured from memory, 2 threads, in one process alternating:
-    /// 768 → 3072 35.6 → 38.2 GB/s, 768 → 2304 31.3 → 37.1; for shorter rows it cost 10–15%.
+    /// Bytes ahead that the row passes of the decode product prefetch in each of their rows when a row is ≥ 4 KiB (one
+    /// 4 KiB page or more: the hardware prefetchers stop at the page end). Measured from memory with four-row passes,
+    /// 2 threads, in one process alternating: 768 → 3072 35.6 → 38.2 GB/s, 768 → 2304 31.3 → 37.1; for shorter rows it
+    /// cost 10–15%.
     /// </summary>
     const int LongRowPrefetch = 2048;
 
