@@ -522,46 +522,10 @@ internal static unsafe class Gemm
                     Prefetch4(w0 + f, ldw); Prefetch4(w0 + f + 4 * ldw, ldw);
                 }
                 else if (prefetchNext) { Prefetch4(w0 + o + 8 * ldw, ldw); Prefetch4(w0 + o + 12 * ldw, ldw); }
-                byte* wo = w0 + o;
-                var acc = Vector512.Load(p + n);
-                acc = Vector512.FusedMultiplyAdd(a0, TW.Load16(wo), acc);
-                acc = Vector512.FusedMultiplyAdd(a1, TW.Load16(wo + ldw), acc);
-                acc = Vector512.FusedMultiplyAdd(a2, TW.Load16(wo + 2 * ldw), acc);
-                acc = Vector512.FusedMultiplyAdd(a3, TW.Load16(wo + 3 * ldw), acc);
-                acc = Vector512.FusedMultiplyAdd(a4, TW.Load16(wo + 4 * ldw), acc);
-                acc = Vector512.FusedMultiplyAdd(a5, TW.Load16(wo + 5 * ldw), acc);
-                acc = Vector512.FusedMultiplyAdd(a6, TW.Load16(wo + 6 * ldw), acc);
-                acc = Vector512.FusedMultiplyAdd(a7, TW.Load16(wo + 7 * ldw), acc);
-                Vector512.Store(acc, p + n);
-                if (TW.Size == 2)
-                {
-                    wo += 32;
-                    var acc2 = Vector512.Load(p + n + 16);
-                    acc2 = Vector512.FusedMultiplyAdd(a0, TW.Load16(wo), acc2);
-                    acc2 = Vector512.FusedMultiplyAdd(a1, TW.Load16(wo + ldw), acc2);
-                    acc2 = Vector512.FusedMultiplyAdd(a2, TW.Load16(wo + 2 * ldw), acc2);
-                    acc2 = Vector512.FusedMultiplyAdd(a3, TW.Load16(wo + 3 * ldw), acc2);
-                    acc2 = Vector512.FusedMultiplyAdd(a4, TW.Load16(wo + 4 * ldw), acc2);
-                    acc2 = Vector512.FusedMultiplyAdd(a5, TW.Load16(wo + 5 * ldw), acc2);
-                    acc2 = Vector512.FusedMultiplyAdd(a6, TW.Load16(wo + 6 * ldw), acc2);
-                    acc2 = Vector512.FusedMultiplyAdd(a7, TW.Load16(wo + 7 * ldw), acc2);
-                    Vector512.Store(acc2, p + n + 16);
-                }
+                Column8<TW>(p + n, w0 + o, ldw, a0, a1, a2, a3, a4, a5, a6, a7);
+                if (TW.Size == 2) Column8<TW>(p + n + 16, w0 + o + 32, ldw, a0, a1, a2, a3, a4, a5, a6, a7);
             }
-            for (; n < n16; n += 16)
-            {
-                byte* wo = w0 + (long)n * TW.Size;
-                var acc = Vector512.Load(p + n);
-                acc = Vector512.FusedMultiplyAdd(a0, TW.Load16(wo), acc);
-                acc = Vector512.FusedMultiplyAdd(a1, TW.Load16(wo + ldw), acc);
-                acc = Vector512.FusedMultiplyAdd(a2, TW.Load16(wo + 2 * ldw), acc);
-                acc = Vector512.FusedMultiplyAdd(a3, TW.Load16(wo + 3 * ldw), acc);
-                acc = Vector512.FusedMultiplyAdd(a4, TW.Load16(wo + 4 * ldw), acc);
-                acc = Vector512.FusedMultiplyAdd(a5, TW.Load16(wo + 5 * ldw), acc);
-                acc = Vector512.FusedMultiplyAdd(a6, TW.Load16(wo + 6 * ldw), acc);
-                acc = Vector512.FusedMultiplyAdd(a7, TW.Load16(wo + 7 * ldw), acc);
-                Vector512.Store(acc, p + n);
-            }
+            for (; n < n16; n += 16) Column8<TW>(p + n, w0 + (long)n * TW.Size, ldw, a0, a1, a2, a3, a4, a5, a6, a7);
             for (; n < width; n++)
             {
                 byte* wo = w0 + (long)n * TW.Size;
@@ -571,6 +535,23 @@ internal static unsafe class Gemm
             }
         }
         return k;
+    }
+
+    /// <summary>p[0..16) = fma(a7, w7, ... fma(a0, w0, p)), w_r the 16 weights at wo + r * ldw: one column step of <see cref="Pass8{TW}"/>.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static void Column8<TW>(float* p, byte* wo, long ldw, Vector512<float> a0, Vector512<float> a1, Vector512<float> a2, Vector512<float> a3,
+        Vector512<float> a4, Vector512<float> a5, Vector512<float> a6, Vector512<float> a7) where TW : IWeightLoad
+    {
+        var acc = Vector512.Load(p);
+        acc = Vector512.FusedMultiplyAdd(a0, TW.Load16(wo), acc);
+        acc = Vector512.FusedMultiplyAdd(a1, TW.Load16(wo + ldw), acc);
+        acc = Vector512.FusedMultiplyAdd(a2, TW.Load16(wo + 2 * ldw), acc);
+        acc = Vector512.FusedMultiplyAdd(a3, TW.Load16(wo + 3 * ldw), acc);
+        acc = Vector512.FusedMultiplyAdd(a4, TW.Load16(wo + 4 * ldw), acc);
+        acc = Vector512.FusedMultiplyAdd(a5, TW.Load16(wo + 5 * ldw), acc);
+        acc = Vector512.FusedMultiplyAdd(a6, TW.Load16(wo + 6 * ldw), acc);
+        acc = Vector512.FusedMultiplyAdd(a7, TW.Load16(wo + 7 * ldw), acc);
+        Vector512.Store(acc, p);
     }
 
     /// <summary>Prefetches one cache line in each of four rows ldw bytes apart, from p.</summary>
