@@ -5,8 +5,8 @@ using System.Runtime.Intrinsics.X86;
 namespace Engine.Kernels.Simd;
 
 /// <summary>
-/// Register-tiled matrix multiply on the weights' stored layout and dtype (no float copy of the model; only F16 K blocks
-/// are widened into a small per-thread panel from 128 rows on, see <see cref="PackMinRows"/>):
+/// Register-tiled matrix multiply on the weights' stored layout and dtype (no float copy of the model; for many rows,
+/// input-major K blocks are copied or widened into a small per-thread panel, see <see cref="PanelMinRows{TW}"/>):
 /// <list type="bullet">
 /// <item>out-major W [N, K] (nn.Linear): "dot form": a 4 × 4 tile of (row, output) pairs, 16 Vector512 accumulators
 /// over K, each reduced at the end;</item>
@@ -137,62 +137,68 @@ internal static unsafe class Gemm
     /// <summary>y[m, n] for n in [n0, n1): x [M, K], W [K, N] (rows of N elements of TW), y [M, N] (dense).</summary>
     public static void InMajor<TW>(float* x, int M, int K, byte* w, float* bias, float* y, int N, int n0, int n1) where TW : IWeightLoad
     {
-        if ((typeof(TW) == typeof(F16FiniteLoad) || typeof(TW) == typeof(F16Load)) && M >= PackMinRows && n1 - n0 == 64)
+        long ldw = (long)N * TW.Size;
+        bool pack = n1 - n0 == 64 && M >= PanelMinRows<TW>(ldw);
+        float* panel = null;
+        if (pack)
         {
-            InMajorPacked<TW>(x, M, K, w, bias, y, N, n0);
-            return;
+            if (t_panel == null || t_panel.Length < (KBlockRows + KBlockRows / 2) * 64)
+                t_panel = GC.AllocateUninitializedArray<float>((KBlockRows + KBlockRows / 2) * 64, pinned: true);
+            panel = (float*)Unsafe.AsPointer(ref t_panel[0]);
         }
         // K in blocks so that the item's weight block (KBlock rows × 64 columns) stays in L2 while every row group of x
         // passes over it; the chains continue across blocks (accumulate), so the result is the same as one pass.
-        int kb = KBlockRows;
-        for (int k0 = 0; k0 < K; k0 += kb)
-        {
-            int k1 = K - k0 <= kb + kb / 2 ? K : k0 + kb;
-            InMajor<TW>(x, K, M, k0, k1, w, (long)N * TW.Size, k1 == K ? bias : null, y, N, n0, n1, k0 > 0);
-            if (k1 == K) break;
-        }
-    }
-
-    /// <summary>
-    /// Rows from which F16 input-major weights are widened once per K block into a panel (<see cref="InMajorPacked{TW}"/>)
-    /// instead of once per row group. Measured in cache, 2 threads, F16 [T×768]·[768×3072], direct -> panel: T=512
-    /// 281 -> 308 and 288 -> 353 GFLOP/s (two sessions), T=128 251 -> 257 and 291 -> 325, T=16 224 -> 195. For F32 the
-    /// copy cost more than it saved (T=128 334 -> 296, T=512 356 -> 325); for BF16 it was mixed (T=128 334 -> 307,
-    /// T=512 330 -> 358).
-    /// </summary>
-    const int PackMinRows = 128;
-
-    [ThreadStatic] static float[]? t_panel;
-
-    /// <summary>
-    /// One 64-column block of many rows: each K block of the weights is first widened to F32 into a contiguous per-thread
-    /// panel [kc][64], which every row group of x then reads in order, instead of widening the same weights again for
-    /// each group. The chains are those of the direct path (the widening is exact), so results are bit-identical.
-    /// </summary>
-    static void InMajorPacked<TW>(float* x, int M, int K, byte* w, float* bias, float* y, int N, int n0) where TW : IWeightLoad
-    {
-        const int kb = KBlockRows;
-        if (t_panel == null || t_panel.Length < (kb + kb / 2) * 64) t_panel = GC.AllocateUninitializedArray<float>((kb + kb / 2) * 64, pinned: true);
-        float* panel = (float*)Unsafe.AsPointer(ref t_panel[0]);
-        long ldw = (long)N * TW.Size;
         for (int k0 = 0; k0 < K;)
         {
-            int k1 = K - k0 <= kb + kb / 2 ? K : k0 + kb;
-            byte* src = w + k0 * ldw + (long)n0 * TW.Size;
-            float* dst = panel;
-            for (int k = k0; k < k1; k++, src += ldw, dst += 64)
+            int k1 = BlockEnd(k0, K);
+            if (pack)
             {
-                Vector512.Store(TW.Load16(src), dst);
-                Vector512.Store(TW.Load16(src + 16 * TW.Size), dst + 16);
-                Vector512.Store(TW.Load16(src + 32 * TW.Size), dst + 32);
-                Vector512.Store(TW.Load16(src + 48 * TW.Size), dst + 48);
+                // Widened (or copied) into the contiguous panel [k1 - k0][64]; the chains are those of the direct path
+                // (the widening is exact), so results are bit-identical.
+                byte* src = w + k0 * ldw + (long)n0 * TW.Size;
+                float* dst = panel;
+                for (int k = k0; k < k1; k++, src += ldw, dst += 64)
+                {
+                    Vector512.Store(TW.Load16(src), dst);
+                    Vector512.Store(TW.Load16(src + 16 * TW.Size), dst + 16);
+                    Vector512.Store(TW.Load16(src + 32 * TW.Size), dst + 32);
+                    Vector512.Store(TW.Load16(src + 48 * TW.Size), dst + 48);
+                }
+                // The panel holds columns n0 .. n0 + 64 as 0 .. 64: y and the bias are offset to match.
+                float* blockBias = k1 == K && bias != null ? bias + n0 : null;
+                InMajor<F32Load>(x, K, M, k0, k1, (byte*)(panel - (long)k0 * 64), 64 * sizeof(float), blockBias, y + n0, N, 0, 64, k0 > 0);
             }
-            // The panel holds columns n0 .. n0 + 64 as 0 .. 64: y and the bias are offset to match.
-            float* blockBias = k1 == K && bias != null ? bias + n0 : null;
-            InMajor<F32Load>(x, K, M, k0, k1, (byte*)(panel - (long)k0 * 64), 64 * sizeof(float), blockBias, y + n0, N, 0, 64, k0 > 0);
+            else InMajor<TW>(x, K, M, k0, k1, w, ldw, k1 == K ? bias : null, y, N, n0, n1, k0 > 0);
             k0 = k1;
         }
     }
+
+    /// <summary>End of the K block starting at k0: KBlockRows rows, the last block taking up to half a block more.</summary>
+    static int BlockEnd(int k0, int K) => K - k0 <= KBlockRows + KBlockRows / 2 ? K : k0 + KBlockRows;
+
+    /// <summary>
+    /// Rows of x from which each K block of input-major weights is first copied or widened into a contiguous per-thread
+    /// panel [kc][64] that every row group then reads (int.MaxValue: never). Measured in cache, 2 threads, direct ->
+    /// panel (GFLOP/s):
+    /// <list type="bullet">
+    /// <item>F16 [T×768]·[768×3072], widened once instead of once per group: T=512 281 -> 308 and 288 -> 353 (two
+    /// sessions), T=128 251 -> 257 and 291 -> 325, T=16 224 -> 195.</item>
+    /// <item>BF16, same shape (2026-12-07, interleaved in one process): T=64 155 -> 173, T=128 194 -> 217, T=512
+    /// 189 -> 212, T=32 156 -> 152; [T×3072]·[3072×768] T=128 164 -> 175 (an earlier session: T=128 334 -> 307, T=512
+    /// 330 -> 358).</item>
+    /// <item>F32 with rows a multiple of 4 KiB apart (768 -> 3072: 12 KiB): the direct block's 384 rows fall on few cache
+    /// sets (one L1 set group; 32 L2 set positions), the panel's are spread. T=32 127 -> 154, T=64 131-152 -> 164-174,
+    /// T=128 139-143 -> 160-162, T=512 142-147 -> 174-179 (same session). F32 rows at other strides lose by the copy:
+    /// 768 -> 2304 (9 KiB) 186 -> 172, 3072 -> 768 (3 KiB) 192 -> 180. (An earlier session, on a less loaded machine,
+    /// measured the 12 KiB case the other way: T=128 334 -> 296, T=512 356 -> 325.)</item>
+    /// </list>
+    /// </summary>
+    static int PanelMinRows<TW>(long ldwBytes) where TW : IWeightLoad =>
+        typeof(TW) == typeof(F16FiniteLoad) || typeof(TW) == typeof(F16Load) ? 128
+        : typeof(TW) == typeof(BF16Load) ? 64
+        : ldwBytes % 4096 == 0 ? 24 : int.MaxValue;
+
+    [ThreadStatic] static float[]? t_panel;
 
     /// <summary>
     /// Weight rows per K block of the many-row input-major product: 384 rows × 64 columns (96 KiB of F32) stay in L2

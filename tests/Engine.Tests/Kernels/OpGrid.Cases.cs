@@ -81,6 +81,12 @@ public static class OpGrid
                 list.Add(new MatMulCase(1, 301, wide, dt, inMajor, false, values: Values.NonFinite));
                 list.Add(new MatMulCase(1, 301, wide, dt, inMajor, true, nonFiniteWeights: true));
             }
+        // F32 input-major rows a multiple of 4 KiB apart (N = 1024) are copied into a panel from 24 rows: 30 = 5 × 6 rows
+        // over K blocks 384 + 384 + 193, 24 rows with non-finite inputs and weights, 23 rows (direct) beside them.
+        foreach (int rows in new[] { 23, 24, 30 })
+            list.Add(new MatMulCase(rows, 961, 1024, DType.F32, true, rows != 24));
+        list.Add(new MatMulCase(24, 300, 1024, DType.F32, true, true, values: Values.NonFinite));
+        list.Add(new MatMulCase(24, 300, 1024, DType.F32, true, false, nonFiniteWeights: true));
 
         // ---- EmbeddingGather
         foreach (var dt in dtypes)
