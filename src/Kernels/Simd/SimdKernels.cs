@@ -45,7 +45,11 @@ public sealed unsafe class SimdKernels : IKernels
     /// <summary>Register-tiled kernels of <see cref="Gemm"/> (AVX-512); items are blocks of Gemm.NBlock output columns.</summary>
     sealed class GemmWork : IParallelWork
     {
-        public float* X, Y, Bias; public int Rows; public Linear W = null!;
+        public float* X, Y, Bias; public int Rows, Threads = 1; public Linear W = null!;
+
+        /// <summary>The item a thread most likely takes after the one at n0: the pool hands items out in turn.</summary>
+        int NextN0(int n0) => n0 + Threads * Gemm.NBlock;
+
         public void Execute(int index)
         {
             int n0 = index * Gemm.NBlock, n1 = Math.Min(W.Out, n0 + Gemm.NBlock);
@@ -58,11 +62,11 @@ public sealed unsafe class SimdKernels : IKernels
                     if (W.AllFinite) Gemm.OutMajor<F16FiniteLoad>(X, Rows, W.In, w, Bias, Y, W.Out, n0, n1);
                     else Gemm.OutMajor<F16Load>(X, Rows, W.In, w, Bias, Y, W.Out, n0, n1);
                     break;
-                case (DType.F32, true): Gemm.InMajor<F32Load>(X, Rows, W.In, w, Bias, Y, W.Out, n0, n1); break;
-                case (DType.BF16, true): Gemm.InMajor<BF16Load>(X, Rows, W.In, w, Bias, Y, W.Out, n0, n1); break;
+                case (DType.F32, true): Gemm.InMajor<F32Load>(X, Rows, W.In, w, Bias, Y, W.Out, n0, n1, NextN0(n0)); break;
+                case (DType.BF16, true): Gemm.InMajor<BF16Load>(X, Rows, W.In, w, Bias, Y, W.Out, n0, n1, NextN0(n0)); break;
                 case (DType.F16, true):
-                    if (W.AllFinite) Gemm.InMajor<F16FiniteLoad>(X, Rows, W.In, w, Bias, Y, W.Out, n0, n1);
-                    else Gemm.InMajor<F16Load>(X, Rows, W.In, w, Bias, Y, W.Out, n0, n1);
+                    if (W.AllFinite) Gemm.InMajor<F16FiniteLoad>(X, Rows, W.In, w, Bias, Y, W.Out, n0, n1, NextN0(n0));
+                    else Gemm.InMajor<F16Load>(X, Rows, W.In, w, Bias, Y, W.Out, n0, n1, NextN0(n0));
                     break;
                 default: throw new NotSupportedException($"matmul weights of dtype {W.DType}");
             }
@@ -253,7 +257,7 @@ public sealed unsafe class SimdKernels : IKernels
             else if (Gemm.Supported)
             {
                 var job = _gemm;
-                job.X = px; job.Y = py; job.Rows = rows; job.W = w;
+                job.X = px; job.Y = py; job.Rows = rows; job.W = w; job.Threads = _pool.Threads;
                 fixed (float* pb = w.Bias)
                 {
                     job.Bias = pb;
