@@ -214,7 +214,7 @@ internal static unsafe class Gemm
     /// </list>
     /// </summary>
     static int PanelMinRows<TW>(long ldwBytes) where TW : IWeightLoad =>
-        typeof(TW) == typeof(F16FiniteLoad) || typeof(TW) == typeof(F16Load) ? 128
+        typeof(TW) == typeof(F16FiniteLoad) || typeof(TW) == typeof(F16Load) || typeof(TW) == typeof(F16SubnormalLoad) ? 128
         : typeof(TW) == typeof(BF16Load) ? 64
         : ldwBytes % 4096 == 0 ? 24 : int.MaxValue;
 
@@ -431,6 +431,14 @@ internal static unsafe class Gemm
                     byte* pf = wr + (long)k * TW.Size + OutRowPrefetch;
                     for (int line = 0; line < 64 * TW.Size; line += 64) Sse.Prefetch0(pf + line);
                 }
+                if (typeof(TW) == typeof(F16BitsCheckedLoad))
+                {
+                    c0 = F16BitsCheckedLoad.Fma(Vector512.Load(x + k), wr + (long)k * 2, c0);
+                    c1 = F16BitsCheckedLoad.Fma(Vector512.Load(x + k + 16), wr + (long)(k + 16) * 2, c1);
+                    c2 = F16BitsCheckedLoad.Fma(Vector512.Load(x + k + 32), wr + (long)(k + 32) * 2, c2);
+                    c3 = F16BitsCheckedLoad.Fma(Vector512.Load(x + k + 48), wr + (long)(k + 48) * 2, c3);
+                    continue;
+                }
                 c0 = Vector512.FusedMultiplyAdd(Vector512.Load(x + k), TW.Load16(wr + (long)k * TW.Size), c0);
                 c1 = Vector512.FusedMultiplyAdd(Vector512.Load(x + k + 16), TW.Load16(wr + (long)(k + 16) * TW.Size), c1);
                 c2 = Vector512.FusedMultiplyAdd(Vector512.Load(x + k + 32), TW.Load16(wr + (long)(k + 32) * TW.Size), c2);
@@ -489,6 +497,7 @@ internal static unsafe class Gemm
         int k = k0;
         // F16 first in its scaled form (2^112 moved onto x) while x allows it, then every dtype in its own form.
         if (typeof(TW) == typeof(F16FiniteLoad)) k = Pass8<F16BitsLoad>(x, k, k1, w, ldw, width, n16, p, prefetch, prefetchNext, scaled: true);
+        if (typeof(TW) == typeof(F16SubnormalLoad)) k = Pass8<F16BitsCheckedLoad>(x, k, k1, w, ldw, width, n16, p, prefetch, prefetchNext, scaled: true);
         k = Pass8<TW>(x, k, k1, w, ldw, width, n16, p, prefetch, prefetchNext, scaled: false);
         long next = 4 * ldw;
         for (; k + 4 <= k1; k += 4)
@@ -596,6 +605,19 @@ internal static unsafe class Gemm
         Vector512<float> a4, Vector512<float> a5, Vector512<float> a6, Vector512<float> a7) where TW : IWeightLoad
     {
         var acc = Vector512.Load(p);
+        if (typeof(TW) == typeof(F16BitsCheckedLoad))
+        {
+            acc = F16BitsCheckedLoad.Fma(a0, wo, acc);
+            acc = F16BitsCheckedLoad.Fma(a1, wo + ldw, acc);
+            acc = F16BitsCheckedLoad.Fma(a2, wo + 2 * ldw, acc);
+            acc = F16BitsCheckedLoad.Fma(a3, wo + 3 * ldw, acc);
+            acc = F16BitsCheckedLoad.Fma(a4, wo + 4 * ldw, acc);
+            acc = F16BitsCheckedLoad.Fma(a5, wo + 5 * ldw, acc);
+            acc = F16BitsCheckedLoad.Fma(a6, wo + 6 * ldw, acc);
+            acc = F16BitsCheckedLoad.Fma(a7, wo + 7 * ldw, acc);
+            Vector512.Store(acc, p);
+            return;
+        }
         acc = Vector512.FusedMultiplyAdd(a0, TW.Load16(wo), acc);
         acc = Vector512.FusedMultiplyAdd(a1, TW.Load16(wo + ldw), acc);
         acc = Vector512.FusedMultiplyAdd(a2, TW.Load16(wo + 2 * ldw), acc);

@@ -47,8 +47,10 @@ internal unsafe struct BF16Load : IWeightLoad
 }
 
 /// <summary>
-/// IEEE half: exponent/mantissa shifted into float position and rescaled by 2^112 (exact for normal and subnormal
-/// halves); exponent 31 (Inf/NaN) is mapped to float's all-ones exponent; the sign is moved to bit 31.
+/// IEEE half, any value: exponent/mantissa shifted into float position and the exponent rebased by 112 in the integer
+/// domain (subnormal halves by 113, then 2^-14 subtracted: exact, and no float operation with a subnormal input);
+/// exponent 31 (Inf/NaN) is mapped to float's all-ones exponent; the sign is moved to bit 31. Used for F16 tensors that
+/// hold Inf/NaN or subnormal halves (<see cref="Engine.Loader.Linear.NormalHalves"/>).
 /// </summary>
 internal unsafe struct F16Load : IWeightLoad
 {
@@ -59,8 +61,14 @@ internal unsafe struct F16Load : IWeightLoad
     {
         var h = BF16Load.Widen16(p);
         var magnitude = Vector512.ShiftLeft(h & Vector512.Create(0x7FFFu), 13);
-        var value = magnitude.AsSingle() * Vector512.Create(5.192296858534828e33f);          // 2^112
-        var infNan = Vector512.Equals(h & Vector512.Create(0x7C00u), Vector512.Create(0x7C00u));
+        var exponent = h & Vector512.Create(0x7C00u);
+        // Exponent + 112 in the integer domain (exact for normal halves). A subnormal or zero half (exponent 0) gets
+        // exponent 113, i.e. 2^-14 (1 + m/1024), and 2^-14 is subtracted (exact): no float operation sees a subnormal
+        // input, which would cost a microcode assist.
+        var sub = Vector512.Equals(exponent, Vector512<uint>.Zero);
+        var value = (magnitude + Vector512.Create(0x38000000u) + (sub & Vector512.Create(0x00800000u))).AsSingle()
+                    - (sub & Vector512.Create(0x38800000u)).AsSingle();
+        var infNan = Vector512.Equals(exponent, Vector512.Create(0x7C00u));
         value = Vector512.ConditionalSelect(infNan.AsSingle(), (magnitude | Vector512.Create(0x7F800000u)).AsSingle(), value);
         return (value.AsUInt32() | Vector512.ShiftLeft(h & Vector512.Create(0x8000u), 16)).AsSingle();
     }
@@ -70,8 +78,11 @@ internal unsafe struct F16Load : IWeightLoad
     {
         var h = Vector256.WidenLower(Vector256.Create(Vector128.Load((ushort*)p), Vector128<ushort>.Zero));
         var magnitude = Vector256.ShiftLeft(h & Vector256.Create(0x7FFFu), 13);
-        var value = magnitude.AsSingle() * Vector256.Create(5.192296858534828e33f);
-        var infNan = Vector256.Equals(h & Vector256.Create(0x7C00u), Vector256.Create(0x7C00u));
+        var exponent = h & Vector256.Create(0x7C00u);
+        var sub = Vector256.Equals(exponent, Vector256<uint>.Zero);
+        var value = (magnitude + Vector256.Create(0x38000000u) + (sub & Vector256.Create(0x00800000u))).AsSingle()
+                    - (sub & Vector256.Create(0x38800000u)).AsSingle();
+        var infNan = Vector256.Equals(exponent, Vector256.Create(0x7C00u));
         value = Vector256.ConditionalSelect(infNan.AsSingle(), (magnitude | Vector256.Create(0x7F800000u)).AsSingle(), value);
         return (value.AsUInt32() | Vector256.ShiftLeft(h & Vector256.Create(0x8000u), 16)).AsSingle();
     }
@@ -133,4 +144,46 @@ internal unsafe struct F16BitsLoad : IWeightLoad
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static float Load1(byte* p) => BitConverter.Int32BitsToSingle((Unsafe.ReadUnaligned<short>(p) << 13) & unchecked((int)0x8FFFE000));
+}
+
+/// <summary>
+/// Finite IEEE half in a tensor that holds subnormal halves (<see cref="Engine.Loader.Linear.NormalHalves"/> false): the
+/// exact widening of <see cref="F16Load"/>, which never multiplies a subnormal float. The decode products instead read
+/// such tensors through <see cref="F16BitsCheckedLoad"/>.
+/// </summary>
+internal unsafe struct F16SubnormalLoad : IWeightLoad
+{
+    public static int Size => 2;
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector512<float> Load16(byte* p) => F16Load.Load16(p);
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector256<float> Load8(byte* p) => F16Load.Load8(p);
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static float Load1(byte* p) => (float)Unsafe.ReadUnaligned<Half>(p);
+}
+
+/// <summary>
+/// <see cref="F16BitsLoad"/> for finite tensors that hold subnormal halves: the same values (so every path stays exact),
+/// and the hot loops take <see cref="Fma"/>, which sends the 16 halves that contain a subnormal (whose bit pattern would
+/// be a subnormal float: a microcode assist in the FMA) through the exact widening and the unscaled x instead.
+/// </summary>
+internal unsafe struct F16BitsCheckedLoad : IWeightLoad
+{
+    public static int Size => 2;
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector512<float> Load16(byte* p) => F16FiniteLoad.Bits16(p);
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector256<float> Load8(byte* p) => F16BitsLoad.Load8(p);
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static float Load1(byte* p) => F16BitsLoad.Load1(p);
+
+    /// <summary>
+    /// fma(w, x, acc) for the 16 halves at p and a = x · 2^112 (exact): fma(bits, a, acc) when none of them is subnormal,
+    /// else fma(exact w, a · 2^-112, acc), the same value bit for bit (both products are exact).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector512<float> Fma(Vector512<float> a, byte* p, Vector512<float> acc)
+    {
+        var h = Avx512F.IsSupported ? Avx512F.ConvertToVector512Int32(Vector256.Load((short*)p))
+                                    : Vector512.WidenLower(Vector512.Create(Vector256.Load((short*)p), Vector256<short>.Zero));
+        // |h| in 1 .. 0x3FF: a subnormal half (zero is not: its pattern is a float zero).
+        var magnitude = h & Vector512.Create(0x7FFF);
+        if (Vector512.LessThanAny((magnitude - Vector512<int>.One).AsUInt32(), Vector512.Create(0x3FFu)))
+            return Vector512.FusedMultiplyAdd(F16Load.Load16(p), a * Vector512.Create(1f / F16FiniteLoad.Scale), acc);
+        return Vector512.FusedMultiplyAdd((Vector512.ShiftLeft(h, 13) & Vector512.Create(unchecked((int)0x8FFFE000))).AsSingle(), a, acc);
+    }
 }

@@ -39,9 +39,41 @@ public class F16WideningTests
     [InlineData("cpu", true, 128, 1f, 128)]
     [InlineData("cpu", false, 128, 1f, 128)]
     public void Every_finite_half_widens_exactly(string backend, bool inputMajor, int rows, float one = 1f, int K = K)
+        => Widens_exactly(AllFiniteHalves(), backend, inputMajor, rows, one, K);
+
+    /// <summary>
+    /// The three routes of finite F16 tensors (Linear.NormalHalves, Linear.SubnormalGroupShare): no subnormal half (bit
+    /// patterns scaled by 2^112 or moved onto x), a few (each group of 16 tested; the all-finite set above: ~3% of groups),
+    /// many (every group widened exactly: the 2,046 subnormal halves and as many normal ones, half of the groups).
+    /// </summary>
+    [Theory]
+    [InlineData("normal", true, 1)]
+    [InlineData("normal", false, 1)]
+    [InlineData("normal", true, 16)]
+    [InlineData("normal", true, 128)]
+    [InlineData("normal", false, 128)]
+    [InlineData("subnormal-heavy", true, 1)]
+    [InlineData("subnormal-heavy", false, 1)]
+    [InlineData("subnormal-heavy", true, 16)]
+    [InlineData("subnormal-heavy", false, 16)]
+    [InlineData("subnormal-heavy", true, 128)]
+    [InlineData("subnormal-heavy", false, 128)]
+    public void Finite_halves_widen_exactly_on_every_route(string set, bool inputMajor, int rows)
     {
-        int N = 63488 / K;
-        var halves = AllFiniteHalves();
+        var all = AllFiniteHalves();
+        bool Subnormal(float v) => v != 0 && MathF.Abs(v) < 6.1035156e-5f;     // below 2^-14
+        var chosen = set == "normal" ? all.Where(v => !Subnormal(v)).ToList()
+                   : all.Where(Subnormal).Concat(all.Where(v => !Subnormal(v)).Where((_, i) => i % 30 == 0)).ToList();
+        while (chosen.Count % 128 != 0) chosen.Add(1f);
+        int K = rows == 128 ? 128 : 16;
+        var lin = Widens_exactly(chosen.ToArray(), "cpu", inputMajor, rows, 1f, K);
+        if (set == "normal") Assert.True(lin.NormalHalves);
+        else Assert.True(!lin.NormalHalves && lin.SubnormalGroupShare >= 0.4, $"share {lin.SubnormalGroupShare}");
+    }
+
+    static Linear Widens_exactly(float[] halves, string backend, bool inputMajor, int rows, float one, int K)
+    {
+        int N = halves.Length / K;
         // Element (k, n) of the logical [K, N] matrix is halves[n * K + k]; stored [K, N] (input-major) or [N, K].
         var data = new float[K * N];
         for (int n = 0; n < N; n++)
@@ -50,6 +82,7 @@ public class F16WideningTests
         using var file = TempTensors.Write(DType.F16, false, inputMajor ? [K, N] : [N, K], data);
         var lin = new Linear(file.File.View("w"), inputMajor, null, K, N);
         Assert.True(lin.AllFinite);
+        _ = lin.SubnormalGroupShare;                                           // scanned while the file is open
         var kernels = KernelRegistry.Create(backend);
         for (int first = 0; first < K; first += rows)
         {
@@ -66,5 +99,6 @@ public class F16WideningTests
                                     $"(x = {one:R}) came out as {y[r * N + n]:R}");
                 }
         }
+        return lin;
     }
 }
