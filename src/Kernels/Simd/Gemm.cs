@@ -214,7 +214,7 @@ internal static unsafe class Gemm
     /// </list>
     /// </summary>
     static int PanelMinRows<TW>(long ldwBytes) where TW : IWeightLoad =>
-        typeof(TW) == typeof(F16FiniteLoad) || typeof(TW) == typeof(F16Load) || typeof(TW) == typeof(F16SubnormalLoad) ? 128
+        typeof(TW) == typeof(F16FiniteLoad) || typeof(TW) == typeof(F16Load) ? 128
         : typeof(TW) == typeof(BF16Load) ? 64
         : ldwBytes % 4096 == 0 ? 24 : int.MaxValue;
 

@@ -49,6 +49,9 @@ public sealed unsafe class SimdKernels : IKernels
     /// </summary>
     const double CheckedMaxShare = 0.1;
 
+    /// <summary>Finite F16 weights with subnormal halves in few enough groups for the decode products to test each group.</summary>
+    static bool TestsF16Groups(Linear w) => !w.NormalHalves && w.AllFinite && w.SubnormalGroupShare < CheckedMaxShare;
+
     readonly GemmWork _gemm = new();
     /// <summary>Register-tiled kernels of <see cref="Gemm"/> (AVX-512); items are blocks of Gemm.NBlock output columns.</summary>
     sealed class GemmWork : IParallelWork
@@ -68,14 +71,12 @@ public sealed unsafe class SimdKernels : IKernels
                 case (DType.BF16, false): Gemm.OutMajor<BF16Load>(X, Rows, W.In, w, Bias, Y, W.Out, n0, n1); break;
                 case (DType.F16, false):
                     if (W.NormalHalves) Gemm.OutMajor<F16FiniteLoad>(X, Rows, W.In, w, Bias, Y, W.Out, n0, n1);
-                    else if (W.AllFinite) Gemm.OutMajor<F16SubnormalLoad>(X, Rows, W.In, w, Bias, Y, W.Out, n0, n1);
                     else Gemm.OutMajor<F16Load>(X, Rows, W.In, w, Bias, Y, W.Out, n0, n1);
                     break;
                 case (DType.F32, true): Gemm.InMajor<F32Load>(X, Rows, W.In, w, Bias, Y, W.Out, n0, n1, NextN0(n0)); break;
                 case (DType.BF16, true): Gemm.InMajor<BF16Load>(X, Rows, W.In, w, Bias, Y, W.Out, n0, n1, NextN0(n0)); break;
                 case (DType.F16, true):
                     if (W.NormalHalves) Gemm.InMajor<F16FiniteLoad>(X, Rows, W.In, w, Bias, Y, W.Out, n0, n1, NextN0(n0));
-                    else if (W.AllFinite) Gemm.InMajor<F16SubnormalLoad>(X, Rows, W.In, w, Bias, Y, W.Out, n0, n1, NextN0(n0));
                     else Gemm.InMajor<F16Load>(X, Rows, W.In, w, Bias, Y, W.Out, n0, n1, NextN0(n0));
                     break;
                 default: throw new NotSupportedException($"matmul weights of dtype {W.DType}");
@@ -122,7 +123,7 @@ public sealed unsafe class SimdKernels : IKernels
                 case DType.BF16: Gemm.InMajorRowChunk<BF16Load>(X, W.In, W.Out, w, index, Partial); break;
                 case DType.F16:
                     if (W.NormalHalves) Gemm.InMajorRowChunk<F16FiniteLoad>(X, W.In, W.Out, w, index, Partial);
-                    else if (W.AllFinite && W.SubnormalGroupShare < CheckedMaxShare) Gemm.InMajorRowChunk<F16SubnormalLoad>(X, W.In, W.Out, w, index, Partial);
+                    else if (TestsF16Groups(W)) Gemm.InMajorRowChunk<F16SubnormalLoad>(X, W.In, W.Out, w, index, Partial);
                     else Gemm.InMajorRowChunk<F16Load>(X, W.In, W.Out, w, index, Partial);
                     break;
                 default: throw new NotSupportedException($"matmul weights of dtype {W.DType}");
@@ -149,7 +150,6 @@ public sealed unsafe class SimdKernels : IKernels
                     if (Scaled && W.NormalHalves) Gemm.OutMajorRow<F16BitsLoad>(X, W.In, w, Bias, Y, n0, n1);
                     else if (Scaled) Gemm.OutMajorRow<F16BitsCheckedLoad>(X, W.In, w, Bias, Y, n0, n1);
                     else if (W.NormalHalves) Gemm.OutMajorRow<F16FiniteLoad>(X, W.In, w, Bias, Y, n0, n1);
-                    else if (W.AllFinite) Gemm.OutMajorRow<F16SubnormalLoad>(X, W.In, w, Bias, Y, n0, n1);
                     else Gemm.OutMajorRow<F16Load>(X, W.In, w, Bias, Y, n0, n1);
                     break;
                 default: throw new NotSupportedException($"matmul weights of dtype {W.DType}");
@@ -196,7 +196,6 @@ public sealed unsafe class SimdKernels : IKernels
                 case DType.BF16: OutMajorBcast.Item<BF16Load>(XP, Rows, W.In, w, Bias, Y, W.Out, index, ItemRows, scratch); break;
                 case DType.F16:
                     if (W.NormalHalves) OutMajorBcast.Item<F16FiniteLoad>(XP, Rows, W.In, w, Bias, Y, W.Out, index, ItemRows, scratch);
-                    else if (W.AllFinite) OutMajorBcast.Item<F16SubnormalLoad>(XP, Rows, W.In, w, Bias, Y, W.Out, index, ItemRows, scratch);
                     else OutMajorBcast.Item<F16Load>(XP, Rows, W.In, w, Bias, Y, W.Out, index, ItemRows, scratch);
                     break;
                 default: throw new NotSupportedException($"matmul weights of dtype {W.DType}");
@@ -256,7 +255,7 @@ public sealed unsafe class SimdKernels : IKernels
                         var job = _gemvOut;
                         job.X = px; job.Y = py; job.Bias = pb; job.W = w;
                         job.Scaled = false;
-                        if (w.DType == DType.F16 && w.AllFinite && (w.NormalHalves || w.SubnormalGroupShare < CheckedMaxShare))
+                        if (w.DType == DType.F16 && (w.NormalHalves || TestsF16Groups(w)))
                         {
                             // One operation fewer per 16 weights: x · 2^112 once, the weights' widening without its product.
                             if (_xScaled == null || _xScaled.Length < w.In) _xScaled = GC.AllocateUninitializedArray<float>(w.In, pinned: true);

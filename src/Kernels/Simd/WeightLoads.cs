@@ -108,12 +108,17 @@ internal unsafe struct F16FiniteLoad : IWeightLoad
 
     /// <summary>16 halves as floats 2^-112 times their value (the load without its product by <see cref="Scale"/>).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static Vector512<float> Bits16(byte* p)
-    {
-        var s = Avx512F.IsSupported ? Avx512F.ConvertToVector512Int32(Vector256.Load((short*)p))
-                                    : Vector512.WidenLower(Vector512.Create(Vector256.Load((short*)p), Vector256<short>.Zero));
-        return (Vector512.ShiftLeft(s, 13) & Vector512.Create(unchecked((int)0x8FFFE000))).AsSingle();
-    }
+    public static Vector512<float> Bits16(byte* p) => Bits16(SignExtended16(p));
+
+    /// <summary>The bit patterns of <see cref="Bits16(byte*)"/> from halves already sign-extended to 32 bits.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector512<float> Bits16(Vector512<int> s) => (Vector512.ShiftLeft(s, 13) & Vector512.Create(unchecked((int)0x8FFFE000))).AsSingle();
+
+    /// <summary>16 halves sign-extended to 32 bits.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector512<int> SignExtended16(byte* p) =>
+        Avx512F.IsSupported ? Avx512F.ConvertToVector512Int32(Vector256.Load((short*)p))
+                            : Vector512.WidenLower(Vector512.Create(Vector256.Load((short*)p), Vector256<short>.Zero));
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Vector256<float> Load8(byte* p)
@@ -147,9 +152,9 @@ internal unsafe struct F16BitsLoad : IWeightLoad
 }
 
 /// <summary>
-/// Finite IEEE half in a tensor that holds subnormal halves (<see cref="Engine.Loader.Linear.NormalHalves"/> false): the
-/// exact widening of <see cref="F16Load"/>, which never multiplies a subnormal float. The decode products instead read
-/// such tensors through <see cref="F16BitsCheckedLoad"/>.
+/// The widening of <see cref="F16Load"/> under another name: it marks finite F16 weights whose subnormal halves sit in
+/// few 16-half groups, so that the input-major decode product reads them through <see cref="F16BitsCheckedLoad"/> (the
+/// other kernels take <see cref="F16Load"/> itself for such weights).
 /// </summary>
 internal unsafe struct F16SubnormalLoad : IWeightLoad
 {
@@ -178,12 +183,11 @@ internal unsafe struct F16BitsCheckedLoad : IWeightLoad
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Vector512<float> Fma(Vector512<float> a, byte* p, Vector512<float> acc)
     {
-        var h = Avx512F.IsSupported ? Avx512F.ConvertToVector512Int32(Vector256.Load((short*)p))
-                                    : Vector512.WidenLower(Vector512.Create(Vector256.Load((short*)p), Vector256<short>.Zero));
+        var h = F16FiniteLoad.SignExtended16(p);
         // |h| in 1 .. 0x3FF: a subnormal half (zero is not: its pattern is a float zero).
         var magnitude = h & Vector512.Create(0x7FFF);
         if (Vector512.LessThanAny((magnitude - Vector512<int>.One).AsUInt32(), Vector512.Create(0x3FFu)))
             return Vector512.FusedMultiplyAdd(F16Load.Load16(p), a * Vector512.Create(1f / F16FiniteLoad.Scale), acc);
-        return Vector512.FusedMultiplyAdd((Vector512.ShiftLeft(h, 13) & Vector512.Create(unchecked((int)0x8FFFE000))).AsSingle(), a, acc);
+        return Vector512.FusedMultiplyAdd(F16FiniteLoad.Bits16(h), a, acc);
     }
 }
