@@ -16,9 +16,13 @@ public sealed unsafe class SimdKernels : IKernels
     public string Name => "cpu";
     readonly WorkerPool _pool;
 
-    public SimdKernels(WorkerPool? pool = null)
+    /// <param name="pool">Worker threads (default: the shared pool).</param>
+    /// <param name="subnormalInputsSlow">Whether a subnormal FMA input is slow on this CPU, which decides how F16 weights
+    /// with subnormal halves are widened (every route is exact); null: <see cref="SubnormalProbe.InputsSlow"/>.</param>
+    public SimdKernels(WorkerPool? pool = null, bool? subnormalInputsSlow = null)
     {
         _pool = pool ?? WorkerPool.Shared;
+        _subnormalInputsSlow = subnormalInputsSlow ?? SubnormalProbe.InputsSlow;
         _matNk = new MatMulOutMajorWork(); _matKn = new MatMulInMajorWork(); _norm = new NormWork();
         _attn = new AttentionWork(); _act = new ActivationWork(); _rope = new RopeWork();
     }
@@ -49,14 +53,25 @@ public sealed unsafe class SimdKernels : IKernels
     /// </summary>
     const double CheckedMaxShare = 0.1;
 
+    readonly bool _subnormalInputsSlow;
+
+    /// <summary>
+    /// F16 weights widened by moving the bits into float position (<see cref="F16FiniteLoad"/>, <see cref="F16BitsLoad"/>):
+    /// finite, and without subnormal halves unless a subnormal FMA input costs nothing here (the bit pattern of a
+    /// subnormal half is a subnormal float: exact either way, only the speed differs).
+    /// </summary>
+    bool F16ByBits(Linear w) => w.NormalHalves || (w.AllFinite && !_subnormalInputsSlow);
+
     /// <summary>Finite F16 weights with subnormal halves in few enough groups for the decode products to test each group.</summary>
-    static bool TestsF16Groups(Linear w) => !w.NormalHalves && w.AllFinite && w.SubnormalGroupShare < CheckedMaxShare;
+    bool TestsF16Groups(Linear w) => !F16ByBits(w) && w.AllFinite && w.SubnormalGroupShare < CheckedMaxShare;
 
     readonly GemmWork _gemm = new();
     /// <summary>Register-tiled kernels of <see cref="Gemm"/> (AVX-512); items are blocks of Gemm.NBlock output columns.</summary>
     sealed class GemmWork : IParallelWork
     {
         public float* X, Y, Bias; public int Rows, Threads = 1; public Linear W = null!;
+        /// <summary>F16 weights read through <see cref="F16FiniteLoad"/> (<see cref="SimdKernels.F16ByBits(Linear)"/>), else <see cref="F16Load"/>.</summary>
+        public bool F16ByBits;
 
         /// <summary>The item a thread most likely takes after the one at n0: the pool hands items out in turn.</summary>
         int NextN0(int n0) => n0 + Threads * Gemm.NBlock;
@@ -70,13 +85,13 @@ public sealed unsafe class SimdKernels : IKernels
                 case (DType.F32, false): Gemm.OutMajor<F32Load>(X, Rows, W.In, w, Bias, Y, W.Out, n0, n1); break;
                 case (DType.BF16, false): Gemm.OutMajor<BF16Load>(X, Rows, W.In, w, Bias, Y, W.Out, n0, n1); break;
                 case (DType.F16, false):
-                    if (W.NormalHalves) Gemm.OutMajor<F16FiniteLoad>(X, Rows, W.In, w, Bias, Y, W.Out, n0, n1);
+                    if (F16ByBits) Gemm.OutMajor<F16FiniteLoad>(X, Rows, W.In, w, Bias, Y, W.Out, n0, n1);
                     else Gemm.OutMajor<F16Load>(X, Rows, W.In, w, Bias, Y, W.Out, n0, n1);
                     break;
                 case (DType.F32, true): Gemm.InMajor<F32Load>(X, Rows, W.In, w, Bias, Y, W.Out, n0, n1, NextN0(n0)); break;
                 case (DType.BF16, true): Gemm.InMajor<BF16Load>(X, Rows, W.In, w, Bias, Y, W.Out, n0, n1, NextN0(n0)); break;
                 case (DType.F16, true):
-                    if (W.NormalHalves) Gemm.InMajor<F16FiniteLoad>(X, Rows, W.In, w, Bias, Y, W.Out, n0, n1, NextN0(n0));
+                    if (F16ByBits) Gemm.InMajor<F16FiniteLoad>(X, Rows, W.In, w, Bias, Y, W.Out, n0, n1, NextN0(n0));
                     else Gemm.InMajor<F16Load>(X, Rows, W.In, w, Bias, Y, W.Out, n0, n1, NextN0(n0));
                     break;
                 default: throw new NotSupportedException($"matmul weights of dtype {W.DType}");
@@ -108,6 +123,8 @@ public sealed unsafe class SimdKernels : IKernels
     sealed class GemvInMajorWork : IParallelWork
     {
         public float* X, Y, Bias, Partial; public int Chunks; public bool Reduce; public Linear W = null!;
+        /// <summary>F16 routes: <see cref="SimdKernels.F16ByBits(Linear)"/>, else <see cref="SimdKernels.TestsF16Groups(Linear)"/>, else exact widening.</summary>
+        public bool F16ByBits, F16Tested;
         public void Execute(int index)
         {
             if (Reduce)
@@ -122,8 +139,8 @@ public sealed unsafe class SimdKernels : IKernels
                 case DType.F32: Gemm.InMajorRowChunk<F32Load>(X, W.In, W.Out, w, index, Partial); break;
                 case DType.BF16: Gemm.InMajorRowChunk<BF16Load>(X, W.In, W.Out, w, index, Partial); break;
                 case DType.F16:
-                    if (W.NormalHalves) Gemm.InMajorRowChunk<F16FiniteLoad>(X, W.In, W.Out, w, index, Partial);
-                    else if (TestsF16Groups(W)) Gemm.InMajorRowChunk<F16SubnormalLoad>(X, W.In, W.Out, w, index, Partial);
+                    if (F16ByBits) Gemm.InMajorRowChunk<F16FiniteLoad>(X, W.In, W.Out, w, index, Partial);
+                    else if (F16Tested) Gemm.InMajorRowChunk<F16SubnormalLoad>(X, W.In, W.Out, w, index, Partial);
                     else Gemm.InMajorRowChunk<F16Load>(X, W.In, W.Out, w, index, Partial);
                     break;
                 default: throw new NotSupportedException($"matmul weights of dtype {W.DType}");
@@ -138,6 +155,8 @@ public sealed unsafe class SimdKernels : IKernels
         public float* X, Y, Bias; public Linear W = null!;
         /// <summary>X holds x · 2^112 and the F16 weights are read without their product by 2^112 (F16BitsLoad).</summary>
         public bool Scaled;
+        /// <summary>F16 weights read by their bits (<see cref="SimdKernels.F16ByBits(Linear)"/>); else tested per group when Scaled, or exact.</summary>
+        public bool F16ByBits;
         public void Execute(int index)
         {
             int n0 = index * Rows, n1 = Math.Min(W.Out, n0 + Rows);
@@ -147,9 +166,9 @@ public sealed unsafe class SimdKernels : IKernels
                 case DType.F32: Gemm.OutMajorRow<F32Load>(X, W.In, w, Bias, Y, n0, n1); break;
                 case DType.BF16: Gemm.OutMajorRow<BF16Load>(X, W.In, w, Bias, Y, n0, n1); break;
                 case DType.F16:
-                    if (Scaled && W.NormalHalves) Gemm.OutMajorRow<F16BitsLoad>(X, W.In, w, Bias, Y, n0, n1);
+                    if (Scaled && F16ByBits) Gemm.OutMajorRow<F16BitsLoad>(X, W.In, w, Bias, Y, n0, n1);
                     else if (Scaled) Gemm.OutMajorRow<F16BitsCheckedLoad>(X, W.In, w, Bias, Y, n0, n1);
-                    else if (W.NormalHalves) Gemm.OutMajorRow<F16FiniteLoad>(X, W.In, w, Bias, Y, n0, n1);
+                    else if (F16ByBits) Gemm.OutMajorRow<F16FiniteLoad>(X, W.In, w, Bias, Y, n0, n1);
                     else Gemm.OutMajorRow<F16Load>(X, W.In, w, Bias, Y, n0, n1);
                     break;
                 default: throw new NotSupportedException($"matmul weights of dtype {W.DType}");
@@ -186,6 +205,8 @@ public sealed unsafe class SimdKernels : IKernels
     sealed class OutBcastWork : IParallelWork
     {
         public float* XP, Y, Bias; public int Rows, ItemRows; public Linear W = null!;
+        /// <summary>F16 weights read through <see cref="F16FiniteLoad"/> (<see cref="SimdKernels.F16ByBits(Linear)"/>), else <see cref="F16Load"/>.</summary>
+        public bool F16ByBits;
         public void Execute(int index)
         {
             float* scratch = PackScratch(OutMajorBcast.ScratchFloats(Rows));
@@ -195,7 +216,7 @@ public sealed unsafe class SimdKernels : IKernels
                 case DType.F32: OutMajorBcast.Item<F32Load>(XP, Rows, W.In, w, Bias, Y, W.Out, index, ItemRows, scratch); break;
                 case DType.BF16: OutMajorBcast.Item<BF16Load>(XP, Rows, W.In, w, Bias, Y, W.Out, index, ItemRows, scratch); break;
                 case DType.F16:
-                    if (W.NormalHalves) OutMajorBcast.Item<F16FiniteLoad>(XP, Rows, W.In, w, Bias, Y, W.Out, index, ItemRows, scratch);
+                    if (F16ByBits) OutMajorBcast.Item<F16FiniteLoad>(XP, Rows, W.In, w, Bias, Y, W.Out, index, ItemRows, scratch);
                     else OutMajorBcast.Item<F16Load>(XP, Rows, W.In, w, Bias, Y, W.Out, index, ItemRows, scratch);
                     break;
                 default: throw new NotSupportedException($"matmul weights of dtype {W.DType}");
@@ -224,6 +245,7 @@ public sealed unsafe class SimdKernels : IKernels
                         _pool.Run(pack, (rows + OutMajorBcast.PanelRows - 1) / OutMajorBcast.PanelRows);
                         var job = _ob;
                         job.XP = pxp; job.Y = py; job.Bias = pb; job.Rows = rows; job.W = w;
+                        job.F16ByBits = w.DType == DType.F16 && F16ByBits(w);
                         job.ItemRows = OutMajorBcast.RowsPerItem(w.Out, rows);
                         _pool.Run(job, (w.Out + job.ItemRows - 1) / job.ItemRows);
                         job.W = null!;
@@ -243,6 +265,8 @@ public sealed unsafe class SimdKernels : IKernels
                         {
                             var job = _gemvIn;
                             job.X = px; job.Y = py; job.Bias = pb; job.Partial = pp; job.Chunks = chunks; job.W = w;
+                            job.F16ByBits = w.DType == DType.F16 && F16ByBits(w);
+                            job.F16Tested = w.DType == DType.F16 && TestsF16Groups(w);
                             job.Reduce = false;
                             _pool.Run(job, chunks);
                             job.Reduce = true;
@@ -255,7 +279,8 @@ public sealed unsafe class SimdKernels : IKernels
                         var job = _gemvOut;
                         job.X = px; job.Y = py; job.Bias = pb; job.W = w;
                         job.Scaled = false;
-                        if (w.DType == DType.F16 && (w.NormalHalves || TestsF16Groups(w)))
+                        job.F16ByBits = w.DType == DType.F16 && F16ByBits(w);
+                        if (w.DType == DType.F16 && (job.F16ByBits || TestsF16Groups(w)))
                         {
                             // One operation fewer per 16 weights: x · 2^112 once, the weights' widening without its product.
                             if (_xScaled == null || _xScaled.Length < w.In) _xScaled = GC.AllocateUninitializedArray<float>(w.In, pinned: true);
@@ -271,6 +296,7 @@ public sealed unsafe class SimdKernels : IKernels
             {
                 var job = _gemm;
                 job.X = px; job.Y = py; job.Rows = rows; job.W = w; job.Threads = _pool.Threads;
+                job.F16ByBits = w.DType == DType.F16 && F16ByBits(w);
                 fixed (float* pb = w.Bias)
                 {
                     job.Bias = pb;
