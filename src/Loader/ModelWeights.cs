@@ -23,8 +23,9 @@ public sealed class Linear(TensorView weight, bool inputMajor, float[]? bias, in
     public bool AllFinite => (Scan() & 2) != 0;
 
     /// <summary>
-    /// F16: every weight is finite and none is a subnormal half (|w| &lt; 2^-14, not zero). Only then do the F16
-    /// kernels widen by moving the bits into float position and scaling by 2^112 (or moving 2^112 onto x): a subnormal
+    /// F16: every weight is finite and none is a subnormal half (|w| &lt; 2^-14, not zero). Where subnormal inputs are
+    /// slow, only then do the F16 kernels widen by moving the bits into float position and scaling by 2^112 (or moving
+    /// 2^112 onto x): a subnormal
     /// half becomes a subnormal float there, and a multiply or FMA with a subnormal input takes a microcode assist on
     /// Intel cores (measured 2026-12-07, GPT-2-small F16 random weights, c_proj rows 1.2% subnormal: decode 5.5-5.8 GB/s
     /// against 15-16 GB/s for c_fc in the same pass; none on AMD Zen 5, where the SIMD backend reads every finite tensor

@@ -18,11 +18,12 @@ public sealed unsafe class SimdKernels : IKernels
 
     /// <param name="pool">Worker threads (default: the shared pool).</param>
     /// <param name="subnormalInputsSlow">Whether a subnormal FMA input is slow on this CPU, which decides how F16 weights
-    /// with subnormal halves are widened (every route is exact); null: <see cref="SubnormalProbe.InputsSlow"/>.</param>
+    /// with subnormal halves are widened (every route is exact); null: <see cref="SubnormalProbe.InputsSlow"/>, probed on
+    /// the first F16 product.</param>
     public SimdKernels(WorkerPool? pool = null, bool? subnormalInputsSlow = null)
     {
         _pool = pool ?? WorkerPool.Shared;
-        _subnormalInputsSlow = subnormalInputsSlow ?? SubnormalProbe.InputsSlow;
+        _subnormalInputsSlow = subnormalInputsSlow;
         _matNk = new MatMulOutMajorWork(); _matKn = new MatMulInMajorWork(); _norm = new NormWork();
         _attn = new AttentionWork(); _act = new ActivationWork(); _rope = new RopeWork();
     }
@@ -53,17 +54,18 @@ public sealed unsafe class SimdKernels : IKernels
     /// </summary>
     const double CheckedMaxShare = 0.1;
 
-    readonly bool _subnormalInputsSlow;
+    readonly bool? _subnormalInputsSlow;     // null: probed on the first F16 product
 
     /// <summary>
     /// F16 weights widened by moving the bits into float position (<see cref="F16FiniteLoad"/>, <see cref="F16BitsLoad"/>):
     /// finite, and without subnormal halves unless a subnormal FMA input costs nothing here (the bit pattern of a
-    /// subnormal half is a subnormal float: exact either way, only the speed differs).
+    /// subnormal half is a subnormal float: exact either way, only the speed differs). False for other dtypes.
     /// </summary>
-    bool F16ByBits(Linear w) => w.NormalHalves || (w.AllFinite && !_subnormalInputsSlow);
+    bool F16ByBits(Linear w) =>
+        w.DType == DType.F16 && (w.NormalHalves || (w.AllFinite && !(_subnormalInputsSlow ?? SubnormalProbe.InputsSlow)));
 
     /// <summary>Finite F16 weights with subnormal halves in few enough groups for the decode products to test each group.</summary>
-    bool TestsF16Groups(Linear w) => !F16ByBits(w) && w.AllFinite && w.SubnormalGroupShare < CheckedMaxShare;
+    bool TestsF16Groups(Linear w) => w.DType == DType.F16 && !F16ByBits(w) && w.AllFinite && w.SubnormalGroupShare < CheckedMaxShare;
 
     readonly GemmWork _gemm = new();
     /// <summary>Register-tiled kernels of <see cref="Gemm"/> (AVX-512); items are blocks of Gemm.NBlock output columns.</summary>
@@ -245,7 +247,7 @@ public sealed unsafe class SimdKernels : IKernels
                         _pool.Run(pack, (rows + OutMajorBcast.PanelRows - 1) / OutMajorBcast.PanelRows);
                         var job = _ob;
                         job.XP = pxp; job.Y = py; job.Bias = pb; job.Rows = rows; job.W = w;
-                        job.F16ByBits = w.DType == DType.F16 && F16ByBits(w);
+                        job.F16ByBits = F16ByBits(w);
                         job.ItemRows = OutMajorBcast.RowsPerItem(w.Out, rows);
                         _pool.Run(job, (w.Out + job.ItemRows - 1) / job.ItemRows);
                         job.W = null!;
@@ -265,8 +267,8 @@ public sealed unsafe class SimdKernels : IKernels
                         {
                             var job = _gemvIn;
                             job.X = px; job.Y = py; job.Bias = pb; job.Partial = pp; job.Chunks = chunks; job.W = w;
-                            job.F16ByBits = w.DType == DType.F16 && F16ByBits(w);
-                            job.F16Tested = w.DType == DType.F16 && TestsF16Groups(w);
+                            job.F16ByBits = F16ByBits(w);
+                            job.F16Tested = TestsF16Groups(w);
                             job.Reduce = false;
                             _pool.Run(job, chunks);
                             job.Reduce = true;
@@ -279,8 +281,8 @@ public sealed unsafe class SimdKernels : IKernels
                         var job = _gemvOut;
                         job.X = px; job.Y = py; job.Bias = pb; job.W = w;
                         job.Scaled = false;
-                        job.F16ByBits = w.DType == DType.F16 && F16ByBits(w);
-                        if (w.DType == DType.F16 && (job.F16ByBits || TestsF16Groups(w)))
+                        job.F16ByBits = F16ByBits(w);
+                        if (job.F16ByBits || TestsF16Groups(w))
                         {
                             // One operation fewer per 16 weights: x · 2^112 once, the weights' widening without its product.
                             if (_xScaled == null || _xScaled.Length < w.In) _xScaled = GC.AllocateUninitializedArray<float>(w.In, pinned: true);
@@ -296,7 +298,7 @@ public sealed unsafe class SimdKernels : IKernels
             {
                 var job = _gemm;
                 job.X = px; job.Y = py; job.Rows = rows; job.W = w; job.Threads = _pool.Threads;
-                job.F16ByBits = w.DType == DType.F16 && F16ByBits(w);
+                job.F16ByBits = F16ByBits(w);
                 fixed (float* pb = w.Bias)
                 {
                     job.Bias = pb;
