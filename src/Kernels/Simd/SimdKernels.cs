@@ -1,5 +1,6 @@
 using System.Numerics.Tensors;
 using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics.X86;
 using Engine.Kernels.Threading;
 using Engine.Loader;
 
@@ -614,6 +615,7 @@ public sealed unsafe class SimdKernels : IKernels
                     break;
                 case AttnStep.Fused:
                 {
+                    if (rows == 1 && Sse.IsSupported) PrefetchKv(kvh, nMax);
                     var scratch = ScratchA(rows * nMax);
                     fixed (float* sc = scratch)
                     {
@@ -628,6 +630,19 @@ public sealed unsafe class SimdKernels : IKernels
                     break;
                 }
             }
+        }
+
+        /// <summary>Prefetches the head's key and value rows j &lt; n into L2 (a decode step reads them once, mostly from memory).</summary>
+        void PrefetchKv(int kvh, int n)
+        {
+            var s = Shape;
+            long ld = (long)s.KvHeads * s.HeadDim * sizeof(float);
+            int bytes = s.HeadDim * sizeof(float);
+            byte* k = (byte*)(K + (long)kvh * s.HeadDim), v = (byte*)(V + (long)kvh * s.HeadDim);
+            for (int j = 0; j < n; j++, k += ld)
+                for (int b = 0; b < bytes; b += 64) Sse.Prefetch1(k + b);
+            for (int j = 0; j < n; j++, v += ld)
+                for (int b = 0; b < bytes; b += 64) Sse.Prefetch1(v + b);
         }
 
         /// <summary>sc[r, j] = (q[t0 + r, h] . k[j, kvh]) * scale for j &lt; nMax (entries past a row's own keys are overwritten by the caller).</summary>
