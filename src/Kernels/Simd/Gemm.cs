@@ -428,7 +428,7 @@ internal static unsafe class Gemm
             {
                 if (Sse.IsSupported)
                 {
-                    byte* pf = wr + (long)k * TW.Size + OutRowPrefetch;
+                    byte* pf = wr + (long)k * TW.Size + OutRowPrefetch * TW.Size;
                     for (int line = 0; line < 64 * TW.Size; line += 64) Sse.Prefetch1(pf + line);
                 }
                 if (typeof(TW) == typeof(F16BitsCheckedLoad))
@@ -463,14 +463,15 @@ internal static unsafe class Gemm
     const int LongRowPrefetch = 2048;
 
     /// <summary>
-    /// Bytes ahead (in memory order: the rows follow each other) that the out-major matrix-vector product prefetches,
-    /// every cache line of each step. Measured in SmolLM2-135M F32 decode (engine profile, alternating runs): the
-    /// projections 25-30 -> 34-42 GB/s, `engine bench` decode 48.1 -> 64.1 tokens/s; 4096 was no better. Into L2
-    /// (prefetcht1), not L1: on an AMD Zen 4 guest (2026-12-07, paired with a plain read of the same bytes) rows of 768
-    /// floats read at 0.66-0.78 of the plain read with prefetcht0 (worse than none, 0.83-0.86) and 0.92-0.98 with
-    /// prefetcht1; the LM head (768 -> 50257) 0.65 -> 0.93.
+    /// Weights ahead (in memory order: the rows follow each other) that the out-major matrix-vector product prefetches,
+    /// every cache line of each step: 2 KiB of F32, 1 KiB of BF16/F16, the same time ahead at the same GB/s. Measured in
+    /// SmolLM2-135M F32 decode (engine profile, alternating runs): the projections 25-30 -> 34-42 GB/s, `engine bench`
+    /// decode 48.1 -> 64.1 tokens/s; 4096 was no better. Into L2 (prefetcht1), not L1: on an AMD Zen 4 guest
+    /// (2026-12-07, paired with a plain read of the same bytes) rows of 768 floats read at 0.66-0.78 of the plain read
+    /// with prefetcht0 (worse than none, 0.83-0.86) and 0.92-0.98 with prefetcht1; the LM head (768 -> 50257) 0.65 ->
+    /// 0.93. BF16 with 2 KiB ahead (1024 weights) read at 0.58-0.77 of the plain read, with 1 KiB 0.86-0.98 (same run).
     /// </summary>
-    const int OutRowPrefetch = 2048;
+    const int OutRowPrefetch = 512;
 
     /// <summary>
     /// Decode through input-major weights W [K, N], part 1: partial[c][0..N) = sum over k in chunk c (rows
