@@ -255,8 +255,12 @@ internal static unsafe class Gemm
                 int count = (int)Math.Clamp(lines - i0, 0, perGroup);
                 int col = count == 0 ? 0 : (int)(i0 % next.Lines) * 64;
                 byte* start = count == 0 ? null : next.P + i0 / next.Lines * next.Ld + col;
+                // Fewer k steps than lines (few row groups, as at 16 rows): several lines per step, so the whole block is
+                // prefetched.
+                int batch = count == 0 ? 1 : (count + (k1 - k0) - 1) / (k1 - k0);
+                int stepsUsed = (count + batch - 1) / batch;
                 Bcast6x64<TW>(x + m * ldx, ldx, k0, k1, w + (long)n * TW.Size, ldwBytes, bias == null ? null : bias + n, y + m * ldy + n, ldy, accumulate,
-                    start, next.Ld, count, next.Lines * 64, col, count == 0 ? 1 : Math.Max(1, (k1 - k0) / count));
+                    start, next.Ld, count, next.Lines * 64, col, count == 0 ? 1 : Math.Max(1, (k1 - k0) / stepsUsed), batch);
             }
             for (; m + 4 <= M; m += 4) Bcast4x64<TW>(x + m * ldx, ldx, k0, k1, w + (long)n * TW.Size, ldwBytes, bias == null ? null : bias + n, y + m * ldy + n, ldy, accumulate);
             for (; m < M; m++) Bcast1x64<TW>(x + m * ldx, k0, k1, w + (long)n * TW.Size, ldwBytes, bias == null ? null : bias + n, y + m * ldy + n, accumulate);
@@ -287,9 +291,9 @@ internal static unsafe class Gemm
 
     /// <summary>Six rows × 64 columns (24 accumulators): four weight loads per 24 FMAs; the per-element chain of Bcast4x64.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    static void Bcast6x64<TW>(float* x, long ldx, int k0, int k1, byte* w, long ldw, float* bias, float* y, long ldy, bool acc, byte* pf, long pfLd, int pfCount, int pfRowBytes, int pfCol, int pfStep) where TW : IWeightLoad
+    static void Bcast6x64<TW>(float* x, long ldx, int k0, int k1, byte* w, long ldw, float* bias, float* y, long ldy, bool acc, byte* pf, long pfLd, int pfCount, int pfRowBytes, int pfCol, int pfStep, int pfBatch) where TW : IWeightLoad
     {
-        // pf: the first line to prefetch; then pfCount lines in row-major order (pfRowBytes per row, rows pfLd apart), one
+        // pf: the first line to prefetch; then pfCount lines in row-major order (pfRowBytes per row, rows pfLd apart), pfBatch
         // every pfStep k steps.
         int pfAt = pfCount > 0 ? k0 : int.MaxValue;
         pf -= pfCol;
@@ -306,10 +310,13 @@ internal static unsafe class Gemm
         {
             if (k == pfAt)
             {
-                if (Sse.IsSupported) Sse.Prefetch1(pf + pfCol);
-                pfCol += 64;
-                if (pfCol >= pfRowBytes) { pfCol = 0; pf += pfLd; }
-                pfAt = --pfCount > 0 ? pfAt + pfStep : int.MaxValue;
+                for (int i = 0; i < pfBatch && pfCount > 0; i++, pfCount--)
+                {
+                    if (Sse.IsSupported) Sse.Prefetch1(pf + pfCol);
+                    pfCol += 64;
+                    if (pfCol >= pfRowBytes) { pfCol = 0; pf += pfLd; }
+                }
+                pfAt = pfCount > 0 ? pfAt + pfStep : int.MaxValue;
             }
             byte* wr = w + k * ldw;
             var b0 = TW.Load16(wr);
