@@ -221,11 +221,14 @@ internal static unsafe class Gemm
     [ThreadStatic] static float[]? t_panel;
 
     /// <summary>
-    /// Weight rows per K block of the many-row input-major product: 384 rows × 64 columns (96 KiB of F32) stay in L2
-    /// while every 6-row group of x passes over them. Measured from memory, 2 threads, GPT-2-small shapes: one pass over
-    /// K = 3072 227–234 GFLOP/s, blocks of 768 297–373, of 384 294–385.
+    /// Weight rows per K block of the many-row input-major product: 768 rows × 64 columns (192 KiB of F32) stay in L2
+    /// while every 6-row group of x passes over them; K up to 1152 is one block (GPT-2-small: every K = 768 product).
+    /// Measured from memory, 2 threads, GPT-2-small shapes: one pass over K = 3072 227–234 GFLOP/s, blocks of 768
+    /// 297–373, of 384 294–385 (an earlier session). 2026-12-07, AMD Zen 4 guest (L2 1 MiB per core), 384 -> 768 rows,
+    /// paired in one process (median of 11-15 rounds, 16 rotating matrices): F32 T=128 +1 to +4% on the four shapes,
+    /// T=512 +1 to +10%, T=16 +4 to +27%; BF16 T=128/512 +2 to +12%; F16 T=128/512 -5 to +6%; 256 rows: -2 to -3%.
     /// </summary>
-    const int KBlockRows = 384;
+    const int KBlockRows = 768;
 
     /// <summary>
     /// y[m * ldy + n] (+)= sum over k in [k0, k1) of x[m * ldx + k] W[k, n] (+ bias[n]) for m &lt; M, n in [n0, n1);

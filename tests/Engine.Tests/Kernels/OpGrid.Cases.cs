@@ -67,10 +67,10 @@ public static class OpGrid
                 list.Add(new MatMulCase(130, 961, 400, dt, inMajor, true));
                 // From 384 rows items of 48 weight rows (N = 400 = 8 × 48 + 16), seven panels with a partial last one.
                 if (!inMajor) list.Add(new MatMulCase(390, 400, 400, dt, inMajor, true));
-                // Input-major K blocks of 384 rows, the last one taking up to 576: K = 960 is 384 + 576, K = 961 is
-                // 384 + 384 + 193; 13 rows = 6 + 6 + 1, N = 135 = 2 × 64 + 7 (64-, 16- and 1-column tails).
-                list.Add(new MatMulCase(13, 960, 135, dt, inMajor, true));
-                list.Add(new MatMulCase(10, 961, 135, dt, inMajor, false));
+                // Input-major K blocks of 768 rows, the last one taking up to 1152: K = 1920 is 768 + 1152, K = 1921 is
+                // 768 + 768 + 385; 13 rows = 6 + 6 + 1, N = 135 = 2 × 64 + 7 (64-, 16- and 1-column tails).
+                list.Add(new MatMulCase(13, 1920, 135, dt, inMajor, true));
+                list.Add(new MatMulCase(10, 1921, 135, dt, inMajor, false));
                 list.Add(new MatMulCase(269, 300, 70, dt, inMajor, false, values: Values.NonFinite));
                 foreach (int rows in new[] { 1, 3, 20, 260 })
                     list.Add(new MatMulCase(rows, 300, 70, dt, inMajor, true, nonFiniteWeights: true));
@@ -82,9 +82,9 @@ public static class OpGrid
                 list.Add(new MatMulCase(1, 301, wide, dt, inMajor, true, nonFiniteWeights: true));
             }
         // F32 input-major rows a multiple of 4 KiB apart (N = 1024) are copied into a panel from 24 rows: 30 = 5 × 6 rows
-        // over K blocks 384 + 384 + 193, 24 rows with non-finite inputs and weights, 23 rows (direct) beside them.
+        // over K blocks 768 + 768 + 385, 24 rows with non-finite inputs and weights, 23 rows (direct) beside them.
         foreach (int rows in new[] { 23, 24, 30 })
-            list.Add(new MatMulCase(rows, 961, 1024, DType.F32, true, rows != 24));
+            list.Add(new MatMulCase(rows, 1921, 1024, DType.F32, true, rows != 24));
         list.Add(new MatMulCase(24, 300, 1024, DType.F32, true, true, values: Values.NonFinite));
         list.Add(new MatMulCase(24, 300, 1024, DType.F32, true, false, nonFiniteWeights: true));
 
