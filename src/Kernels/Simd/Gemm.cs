@@ -202,7 +202,10 @@ internal static unsafe class Gemm
     /// panel (GFLOP/s):
     /// <list type="bullet">
     /// <item>F16 [T×768]·[768×3072], widened once instead of once per group: T=512 281 -> 308 and 288 -> 353 (two
-    /// sessions), T=128 251 -> 257 and 291 -> 325, T=16 224 -> 195.</item>
+    /// sessions), T=128 251 -> 257 and 291 -> 325, T=16 224 -> 195. 2026-12-07, AMD Zen 4 guest, panel vs direct paired
+    /// in one process (11 rounds, the four GPT-2-small shapes, from memory): T=16 0.90-0.99, T=24 0.94-0.97, T=32
+    /// 1.03-1.06, T=64 1.10-1.13, T=96 1.15-1.16 (the threshold was 128 rows before).</item>
+    /// <item>BF16 at 16 and 32 rows (same session): panel 0.73-0.84 of direct.</item>
     /// <item>BF16, same shape (2026-12-07, interleaved in one process): T=64 155 -> 173, T=128 194 -> 217, T=512
     /// 189 -> 212, T=32 156 -> 152; [T×3072]·[3072×768] T=128 164 -> 175 (an earlier session: T=128 334 -> 307, T=512
     /// 330 -> 358).</item>
@@ -214,7 +217,7 @@ internal static unsafe class Gemm
     /// </list>
     /// </summary>
     static int PanelMinRows<TW>(long ldwBytes) where TW : IWeightLoad =>
-        typeof(TW) == typeof(F16FiniteLoad) || typeof(TW) == typeof(F16Load) ? 128
+        typeof(TW) == typeof(F16FiniteLoad) || typeof(TW) == typeof(F16Load) ? 32
         : typeof(TW) == typeof(BF16Load) ? 64
         : ldwBytes % 4096 == 0 ? 24 : int.MaxValue;
 

@@ -36,7 +36,7 @@ public class F16WideningTests
     // The out-major matrix-vector product takes x · 2^112 only while every |x| < 2^15.
     [InlineData("cpu", false, 1, 40000f)]
     [InlineData("cpu", false, 1, -1e6f)]
-    // 128 rows: input-major F16 weights are widened into a per-thread panel first (Gemm.PanelMinRows).
+    // 128 rows: input-major F16 weights are widened into a per-thread panel first (Gemm.PanelMinRows: from 32 rows).
     [InlineData("cpu", true, 128, 1f, 128)]
     [InlineData("cpu", false, 128, 1f, 128)]
     public void Every_finite_half_widens_exactly(string backend, bool inputMajor, int rows, float one = 1f, int K = K)
