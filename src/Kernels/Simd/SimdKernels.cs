@@ -641,18 +641,25 @@ public sealed unsafe class SimdKernels : IKernels
             }
         }
 
-        /// <summary>Prefetches the head's key and value rows j &lt; n into L2 (a decode step reads them once, mostly from memory).</summary>
+        /// <summary>
+        /// Prefetches the head's key and value rows j &lt; n into L2 (a decode step reads them once, mostly from memory: the
+        /// weights streamed since the previous step have evicted them), at most <see cref="KvPrefetchBytes"/> of them so
+        /// that a long context does not flood the prefetch queue or evict its own first rows.
+        /// </summary>
         void PrefetchKv(int kvh, int n)
         {
             var s = Shape;
             long ld = (long)s.KvHeads * s.HeadDim * sizeof(float);
             int bytes = s.HeadDim * sizeof(float);
+            n = Math.Min(n, KvPrefetchBytes / (2 * bytes));
             byte* k = (byte*)(K + (long)kvh * s.HeadDim), v = (byte*)(V + (long)kvh * s.HeadDim);
             for (int j = 0; j < n; j++, k += ld)
                 for (int b = 0; b < bytes; b += 64) Sse.Prefetch1(k + b);
             for (int j = 0; j < n; j++, v += ld)
                 for (int b = 0; b < bytes; b += 64) Sse.Prefetch1(v + b);
         }
+
+        const int KvPrefetchBytes = 256 << 10;
 
         /// <summary>sc[r, j] = (q[t0 + r, h] . k[j, kvh]) * scale for j &lt; nMax (entries past a row's own keys are overwritten by the caller).</summary>
         void ScoresBlock(int h, int kvh, int t0, int rows, int nMax, float* sc, long ldS)
