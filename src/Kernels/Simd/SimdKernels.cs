@@ -659,6 +659,10 @@ public sealed unsafe class SimdKernels : IKernels
                 for (int b = 0; b < bytes; b += 64) Sse.Prefetch1(v + b);
         }
 
+        /// <summary>
+        /// Measured 2026-12-08 (AMD Zen 4 guest, GPT-2-small BF16 decode, in one process alternating no prefetch and this,
+        /// paired medians): 16-token prompt + 128 steps +5.9%, 800-token prompt + 64 steps +4.1% (1 MiB: +4.8%).
+        /// </summary>
         const int KvPrefetchBytes = 256 << 10;
 
         /// <summary>sc[r, j] = (q[t0 + r, h] . k[j, kvh]) * scale for j &lt; nMax (entries past a row's own keys are overwritten by the caller).</summary>
