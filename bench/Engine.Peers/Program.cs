@@ -50,6 +50,8 @@ sealed class PeersTool
           --gguf-type T          auto (= the folder's dtype) | f32 | f16 | bf16 | q8_0 (default auto)
           --llama-kv T           llama.cpp KV-cache type for the timed runs: f16 (llama.cpp's default) | f32
           --llama-fa M           llama.cpp flash attention: auto (default) | on | off
+          --engine-rows M        skip (default): the engine's last layer runs past its K/V for the last position only, as in
+                                 `engine generate` and llama.cpp (the ONNX graph computes every position); all: every position
           --pause-ms N           pause before every timed run, so the previous peer's threads have gone to sleep (default 150)
           --stream-matrices N    distinct weight matrices rotated in the from-memory matrix-vector case (default 16)
           --noise-limit C        discard rounds during which other processes used more than C cores (default 0.3)
@@ -69,7 +71,7 @@ sealed class PeersTool
     int[] _prefill = [16, 128, 512];
     int _decode = 128, _repeat = 5, _threads = 2, _streamMatrices = 16, _pauseMs = 150;
     string _openBlasCore = "Cooperlake";
-    string _ggufType = "auto", _llamaKv = "f16", _llamaFa = "auto", _cache = Path.Combine("weights", "peers");
+    string _ggufType = "auto", _llamaKv = "f16", _llamaFa = "auto", _engineRows = "skip", _cache = Path.Combine("weights", "peers");
     string? _json;
     bool _verify = true, _verbose, _isolate = true, _dropPageCache = true;
 
@@ -125,6 +127,7 @@ sealed class PeersTool
                 case "--pause-ms": _pauseMs = NextInt(0); break;
                 case "--gguf-type": _ggufType = Next().ToLowerInvariant(); if (_ggufType != "auto") HfToGguf.ParseType(_ggufType); break;
                 case "--llama-kv": _llamaKv = Next() is "f32" or "f16" ? args[i] : throw new UsageException("--llama-kv: f16 or f32"); break;
+                case "--engine-rows": _engineRows = Next() is "skip" or "all" ? args[i] : throw new UsageException("--engine-rows: skip or all"); break;
                 case "--llama-fa": _llamaFa = Next() is "auto" or "on" or "off" ? args[i] : throw new UsageException("--llama-fa: auto, on or off"); break;
                 case "--noise-limit": _noiseLimit = double.TryParse(Next(), NumberStyles.Float, CultureInfo.InvariantCulture, out var nl) && nl > 0 ? nl : throw new UsageException("--noise-limit: a positive number of cores"); break;
                 case "--quiet-wait": _quietWait = NextInt(0); break;
@@ -484,8 +487,8 @@ sealed class PeersTool
         EnginePeer? engine = null;
         try
         {
-            engine = new EnginePeer(model, capacity);
-            if (_isolate) peers.Add(new ChildPeer("engine", true, "engine", ["--model", folder, "--capacity", capacity.ToString()]));
+            engine = new EnginePeer(model, capacity, skipUnusedRows: _engineRows == "skip");
+            if (_isolate) peers.Add(new ChildPeer("engine", true, "engine", ["--model", folder, "--capacity", capacity.ToString(), "--engine-rows", _engineRows]));
             else peers.Add(engine);
             var verifyTokens = Verify.Tokens(16, c.VocabSize, 42);
 

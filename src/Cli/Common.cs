@@ -54,8 +54,9 @@ public static class Common
 
     public static Model LoadModel(CliArgs a) => Model.Load(a.Require("--model"));
 
-    public static Session OpenSession(CliArgs a, Model model, int capacity = 0, bool allLogits = true) =>
-        new(model, new SessionOptions { Backend = a.Get("--backend") ?? KernelRegistry.Default, Capacity = capacity, AllLogits = allLogits });
+    /// <param name="skipUnusedRows">See <see cref="SessionOptions.SkipUnusedRows"/> (generation and its benchmarks).</param>
+    public static Session OpenSession(CliArgs a, Model model, int capacity = 0, bool allLogits = true, bool skipUnusedRows = false) =>
+        new(model, new SessionOptions { Backend = a.Get("--backend") ?? KernelRegistry.Default, Capacity = capacity, AllLogits = allLogits, SkipUnusedRows = skipUnusedRows });
 
     /// <summary>The tokenizer of the model, or GPT-2's bundled one for a gpt2 model with GPT-2's vocabulary size; null if none.</summary>
     public static ModelTokenizer? Tokenizer(Model model)

@@ -25,7 +25,7 @@ public static class Profiler
         if (capacity > model.Config.ContextLength)
             throw new UsageException($"{tokens.Length} prompt tokens + {decode} decode steps exceed the model's context of {model.Config.ContextLength}");
         using var prof = new ProfilingBackend(backend, ownsInner: false);
-        using var session = new Session(model, new SessionOptions { Device = prof, Capacity = capacity, AllLogits = allLogits });
+        using var session = new Session(model, new SessionOptions { Device = prof, Capacity = capacity, AllLogits = allLogits, SkipUnusedRows = !allLogits });
         var profile = prof.Profile;
         int V = model.Config.VocabSize;
         for (int round = -warmup; round <= 0; round++)

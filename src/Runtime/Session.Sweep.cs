@@ -193,7 +193,7 @@ public sealed partial class Session
         var c = Config;
         int T = @base.Length, rows = T - fromRow, D = c.DModel;
         if (Hooks.AnyAttentionTaps) EnsureAttentionSlots();
-        BeginMainPass(rows, fromRow, firstLayer);
+        BeginMainPass(rows, fromRow, firstLayer, lastRowOnly: TrimUnobserved());
         var b = Backend;
         var ws = _main;
         var resid = ws.Span(ws.Resid, 0, rows * D);
@@ -206,6 +206,11 @@ public sealed partial class Session
             b.Copy(@base.Cache(true, l, 0, keep), ws.CacheRows(ws.VCache, 0, l, 0, keep));
         }
         for (int l = firstLayer; l < c.NLayers; l++) Block(l);
+        if (_mainLane[0].Rows != rows)
+        {
+            rows = _mainLane[0].Rows;                                 // the last layer kept only the last row
+            resid = ws.Span(ws.Resid, 0, rows * D);
+        }
 
         var lnf = ws.Span(ws.LnfNorm, 0, rows * D);
         var lnfScale = ws.Span(ws.LnfScale, 0, rows);

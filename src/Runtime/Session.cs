@@ -11,6 +11,15 @@ public sealed record SessionOptions
     public int Capacity { get; init; }
     /// <summary>Compute logits for every row of a forward call (false: only the last row, as generation needs).</summary>
     public bool AllLogits { get; init; } = true;
+    /// <summary>
+    /// When only the last row's logits are wanted (<see cref="AllLogits"/> false, or <see cref="Session.RunFrom"/>) and no
+    /// hook is registered, the last layer runs its attention, output projection and MLP for the last row only (its K/V
+    /// for every row), as llama.cpp does for generation; the last row's logits then round as one-row products do (within
+    /// 1e-5 of the full computation on the fixtures). False (the default): every row through every layer, so that runs
+    /// with and without hooks, and the sweeps' batched lanes, agree bit for bit. `engine generate`, `engine bench` and
+    /// `engine profile` turn it on.
+    /// </summary>
+    public bool SkipUnusedRows { get; init; }
     /// <summary>Host kernels to use instead of <see cref="Backend"/> (e.g. a <see cref="ProfilingKernels"/> decorator, or a thread count).</summary>
     public IKernels? Kernels { get; init; }
     /// <summary>A backend instance to use instead of <see cref="Backend"/> (e.g. a GPU backend).</summary>
@@ -43,6 +52,8 @@ public sealed partial class Session : IDisposable
     /// <summary>Positions already in the KV cache; the next forward call starts there.</summary>
     public int Length { get; private set; }
     public bool AllLogits { get; }
+    /// <summary>See <see cref="SessionOptions.SkipUnusedRows"/>.</summary>
+    public bool SkipUnusedRows { get; }
 
     // The session's own arena: one lane of Capacity positions, its KV cache, logits of every row or of the last one.
     readonly Workspace _main;
@@ -93,6 +104,7 @@ public sealed partial class Session : IDisposable
         Backend = options.Device ?? (options.Kernels != null ? new HostBackend(options.Kernels) : KernelRegistry.CreateBackend(options.Backend));
         Hooks = new HookRegistry(Config);
         AllLogits = options.AllLogits;
+        SkipUnusedRows = options.SkipUnusedRows;
         var c = Config;
         if (options.Capacity < 0) throw new UsageException($"capacity {options.Capacity} must be positive");
         Capacity = options.Capacity == 0 ? c.ContextLength : Math.Min(options.Capacity, c.ContextLength);
@@ -136,7 +148,7 @@ public sealed partial class Session : IDisposable
                 : $"{p0} + {T} tokens exceed the context of {Capacity} positions");
         Model.ValidateTokens(tokens);
         if (Hooks.AnyAttentionTaps) EnsureAttentionSlots();
-        BeginMainPass(T, p0, firstLayer: 0);
+        BeginMainPass(T, p0, firstLayer: 0, lastRowOnly: !AllLogits && TrimUnobserved());
         var b = Backend;
         var ws = _main;
         int D = c.DModel;
@@ -158,17 +170,19 @@ public sealed partial class Session : IDisposable
 
         // ---- blocks
         for (int l = 0; l < c.NLayers; l++) Block(l);
+        int tOut = _mainLane[0].Rows;                                 // T, or 1 when the last layer kept only the last row
+        if (tOut != T) resid = ws.Span(ws.Resid, 0, tOut * D);
         if (_capture != null) CaptureResid(c.NLayers, resid);
 
         // ---- final norm and unembedding
-        var lnf = ws.Span(ws.LnfNorm, 0, T * D);
-        var lnfScale = ws.Span(ws.LnfScale, 0, T);
-        Norm(resid, T, Model.Weights.FinalNormWeight, Model.Weights.FinalNormBias, lnf, lnfScale);
+        var lnf = ws.Span(ws.LnfNorm, 0, tOut * D);
+        var lnfScale = ws.Span(ws.LnfScale, 0, tOut);
+        Norm(resid, tOut, Model.Weights.FinalNormWeight, Model.Weights.FinalNormBias, lnf, lnfScale);
         Fire(HookKind.LnFinalScale, -1, lnfScale, 1, 1);
         Fire(HookKind.LnFinalNormalized, -1, lnf, 1, D);
         int rows = AllLogits ? T : 1;
         var logits = ws.Span(ws.Logits, 0, rows * c.VocabSize);
-        b.MatMul(AllLogits ? lnf : lnf.Slice((long)(T - 1) * D, D), rows, Model.Weights.Unembed, logits);
+        b.MatMul(AllLogits ? lnf : lnf.Slice((long)(tOut - 1) * D, D), rows, Model.Weights.Unembed, logits);
         _lastLogitRows = rows;
         Length = p0 + T;
         return HostLogits(logits, ref _hostLogits);
@@ -185,16 +199,28 @@ public sealed partial class Session : IDisposable
         return host.AsSpan(0, logits.Length);
     }
 
-    /// <summary>Makes the pass one lane of T rows at position p0 in the session's own arena.</summary>
-    void BeginMainPass(int T, int p0, int firstLayer)
+    /// <summary>
+    /// Makes the pass one lane of T rows at position p0 in the session's own arena. lastRowOnly: only the last row's
+    /// logits are wanted and nothing observes the other rows past the last layer's K/V, so that layer runs its attention,
+    /// output projection and MLP for the last row only (see <see cref="TrimUnobserved"/>).
+    /// </summary>
+    void BeginMainPass(int T, int p0, int firstLayer, bool lastRowOnly)
     {
-        _mainLane[0] = new Lane { Row0 = 0, Rows = T, Pos0 = p0, FirstLayer = firstLayer, Cache = 0, Order = 0, Hooks = null, LastRowOnly = false };
+        _mainLane[0] = new Lane { Row0 = 0, Rows = T, Pos0 = p0, FirstLayer = firstLayer, Cache = 0, Order = 0, Hooks = null, LastRowOnly = lastRowOnly };
         _ws = _main;
         _lanes = _mainLane;
         _laneCount = 1;
         _laneHooks = false;
-        _lastRowOnly = false;
+        _lastRowOnly = lastRowOnly;
     }
+
+    /// <summary>
+    /// True when a pass that returns only the last row's logits may skip the other rows of the last layer from its
+    /// attention on (llama.cpp does the same with its output ids): no hook is registered on the session and no base is
+    /// being captured, so nothing can observe those rows. Every row's K/V is still computed, so the KV cache is complete
+    /// for the next call. Only with <see cref="SessionOptions.SkipUnusedRows"/>.
+    /// </summary>
+    bool TrimUnobserved() => SkipUnusedRows && _capture == null && Hooks.Count == 0;
 
     /// <summary>
     /// Lanes taking part in layer l: a prefix of the lanes, which are sorted by first layer. Of them, the first nFull run

@@ -146,7 +146,7 @@ public static class Worker
                 case "engine":
                     var model = Engine.Runtime.Model.Load(Opt("model"));
                     owned = model;
-                    peer = new EnginePeer(model, IntOpt("capacity"));
+                    peer = new EnginePeer(model, IntOpt("capacity"), skipUnusedRows: Opt("engine-rows") == "skip");
                     break;
                 case "llamacpp":
                     LlamaCppPeer.HookLog(o.ContainsKey("verbose"));

@@ -34,19 +34,26 @@ public static class Argmax
     }
 }
 
-/// <summary>The engine itself, in process, the way `engine bench` runs it (backend "cpu", last-position logits).</summary>
+/// <summary>
+/// The engine itself, in process, the way `engine bench` runs it (backend "cpu", last-position logits; with
+/// skipUnusedRows the last layer runs past its K/V for the last row only, as `engine generate` and llama.cpp do; without
+/// it every row runs through every layer, the work of the ONNX graph).
+/// </summary>
 public sealed class EnginePeer : IEndToEndPeer
 {
     readonly Model _model;
     readonly Session _session;
     readonly string _backend;
 
-    public EnginePeer(Model model, int capacity, string backend = "cpu")
+    public EnginePeer(Model model, int capacity, string backend = "cpu", bool skipUnusedRows = true)
     {
         _model = model;
         _backend = backend;
-        _session = new Session(model, new SessionOptions { Backend = backend, Capacity = capacity, AllLogits = false });
+        _skip = skipUnusedRows;
+        _session = new Session(model, new SessionOptions { Backend = backend, Capacity = capacity, AllLogits = false, SkipUnusedRows = skipUnusedRows });
     }
+
+    readonly bool _skip;
 
     public string Name => "engine";
     public bool CanDecode => true;
@@ -55,6 +62,7 @@ public sealed class EnginePeer : IEndToEndPeer
         ["backend"] = _backend,
         ["threads"] = Engine.Kernels.Threading.WorkerPool.Shared.Threads.ToString(),
         ["kv_cache"] = "f32",
+        ["last_layer_rows"] = _skip ? "last only (no hooks)" : "all",
         ["weights"] = string.Join("+", _model.ParameterCounts.OrderByDescending(kv => kv.Value).Select(kv => kv.Key.ToString())),
     };
 

@@ -64,7 +64,7 @@ public static class BenchCommand
         int capacity = Math.Min(model.Config.ContextLength, Math.Max(prefill.Max(), 16 + decode));
         if (prefill.Max() > model.Config.ContextLength) throw new UsageException($"--prefill: {prefill.Max()} is longer than the model's context of {model.Config.ContextLength}");
         bool allLogits = a.Flag("--all-logits");
-        using var session = Common.OpenSession(a, model, capacity, allLogits);
+        using var session = Common.OpenSession(a, model, capacity, allLogits, skipUnusedRows: !allLogits);
         var rng = new Random(7);
         int[] Tokens(int n) => Enumerable.Range(0, n).Select(_ => rng.Next(model.Config.VocabSize)).ToArray();
 

@@ -29,7 +29,7 @@ public static class GenerateCommand
         };
         using var model = Common.LoadModel(a);
         var tokens = Common.InputTokens(a, model);
-        using var session = Common.OpenSession(a, model, Math.Min(model.Config.ContextLength, tokens.Length + maxNew), allLogits: false);
+        using var session = Common.OpenSession(a, model, Math.Min(model.Config.ContextLength, tokens.Length + maxNew), allLogits: false, skipUnusedRows: true);
         using var watch = Common.WatchFinite(a, session);
         var sw = System.Diagnostics.Stopwatch.StartNew();
         var output = session.Generate(tokens, maxNew, sampling);

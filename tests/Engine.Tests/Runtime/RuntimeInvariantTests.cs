@@ -1,4 +1,6 @@
 using System.Runtime.InteropServices;
+using Engine.Kernels;
+using Engine.Kernels.Profiling;
 using Engine.Loader;
 using Engine.Runtime;
 using Engine.Tests.Support;
@@ -296,6 +298,57 @@ public class RuntimeInvariantTests
                 Compare.Close(split, full, 1e-5, $"{fixture}/{backend}: Forward({prefix} tokens) + Forward(rest) vs Run");
                 Compare.Close(Decode(s, TokensA, prefix), full, 1e-5, $"{fixture}/{backend}: Forward({prefix} tokens) + one token at a time vs Run");
                 Assert.Equal(TokensA.Length, s.Length);
+            }
+        }
+    }
+
+    /// <summary>
+    /// A session that keeps only the last row's logits, with no hook registered, runs the last layer from its attention
+    /// on for that row alone (SessionOptions.SkipUnusedRows): its logits and the KV cache it leaves must be those of the
+    /// full computation (within rounding), and any hook must turn the skip off, so that the hook sees every row.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(FamilyBackends))]
+    public void LastRowOnlyPassSkipsNothingObservable(string fixture, string backend)
+    {
+        using var model = Model.Load(TestPaths.Fixture(fixture));
+        int V = model.Config.VocabSize, last = model.Config.NLayers - 1, T = TokensA.Length;
+        using var all = new Session(model, new SessionOptions { Backend = backend, Capacity = 32 });
+        var lastOnlyKernels = new ProfilingKernels(KernelRegistry.Create(backend));
+        var fullWorkKernels = new ProfilingKernels(KernelRegistry.Create(backend));
+        using var lastOnly = new Session(model, new SessionOptions { Kernels = lastOnlyKernels, Capacity = 32, AllLogits = false, SkipUnusedRows = true });
+        using var fullWork = new Session(model, new SessionOptions { Kernels = fullWorkKernels, Capacity = 32, AllLogits = false, SkipUnusedRows = false });
+        var want = all.Run(TokensA).ToArray();
+        var wantLast = want.AsSpan((T - 1) * V, V).ToArray();
+
+        Compare.Close(lastOnly.Run(TokensA).ToArray(), wantLast, 1e-5, $"{fixture}/{backend}: last-row logits with the last layer's unused rows skipped");
+        Compare.Close(fullWork.Run(TokensA).ToArray(), wantLast, 1e-5, $"{fixture}/{backend}: last-row logits, every row computed");
+        // One-row products: the unembedding alone when every row is computed; with the skip also the last layer's
+        // output projection and MLP (2 or 3 products).
+        static long OneRowProducts(ProfilingKernels k) =>
+            k.Profile.Stats.Where(st => st.Call.Kind == OpKind.MatMul && st.Call.A == 1).Sum(st => st.Calls);
+        Assert.Equal(1, OneRowProducts(fullWorkKernels));
+        Assert.InRange(OneRowProducts(lastOnlyKernels), 4, 5);
+
+        // The KV cache left behind is complete: decoding on from it gives the full run's logits.
+        var next = new[] { TokensB[0] };
+        all.Forward(next);
+        var wantNext = all.LastLogits.ToArray();
+        Compare.Close(lastOnly.Forward(next).ToArray(), wantNext, 1e-5, $"{fixture}/{backend}: decode step after a skipping prefill");
+
+        // Any hook turns the skip off: a hook on a tap of the skipped rows (or anywhere else) sees all of them, and the
+        // logits are those of the full computation.
+        foreach (var name in new[] { "blocks.0.hook_resid_pre", $"blocks.{last}.attn.hook_k", $"blocks.{last}.attn.hook_z", $"blocks.{last}.mlp.hook_post", $"blocks.{last}.hook_resid_post", "ln_final.hook_normalized" })
+        {
+            int rows = 0, pos0 = -1;
+            long before = OneRowProducts(lastOnlyKernels);
+            using (lastOnly.Hooks.Add(name, t => { rows = t.Shape.D0; pos0 = t.Pos0; }))
+            {
+                var got = lastOnly.Run(TokensA).ToArray();
+                Assert.True(rows == T && pos0 == 0, $"{fixture}/{backend}: {name} saw {rows} rows from {pos0}, want {T} from 0");
+                Assert.Equal(1, OneRowProducts(lastOnlyKernels) - before);
+                Compare.Close(got, wantLast, 1e-5, $"{fixture}/{backend}: last-row logits with a hook on {name}");
+                Assert.True(BitIdentical(fullWork.Run(TokensA), got), $"{fixture}/{backend}: with a hook on {name}, the last-row logits differ from the full computation's");
             }
         }
     }
