@@ -124,6 +124,7 @@ public static class BenchCommand
                 w.WriteString("isa", Vector512.IsHardwareAccelerated ? "avx512" : Vector256.IsHardwareAccelerated ? "avx2" : Vector128.IsHardwareAccelerated ? "sse/neon" : "scalar");
                 w.WriteNumber("processors", Environment.ProcessorCount);
                 w.WriteBoolean("all_logits", allLogits);
+                w.WriteBoolean("skip_unused_rows", session.SkipUnusedRows);
                 w.WriteNumber("repeat", repeat);
                 if (peers != null)
                 {

@@ -77,6 +77,7 @@ public static class ProfileCommand
                 w.WriteNumber("decode_steps", decode);
                 w.WriteNumber("warmup", warmup);
                 w.WriteBoolean("all_logits", a.Flag("--all-logits"));
+                w.WriteBoolean("skip_unused_rows", !a.Flag("--all-logits"));
                 w.WriteNumber("threads", threads);
                 w.WriteBoolean("synchronized", sync);
                 if (roof is var (peak, file, fromCache))

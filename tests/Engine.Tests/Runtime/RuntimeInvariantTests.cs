@@ -330,6 +330,14 @@ public class RuntimeInvariantTests
         Assert.Equal(1, OneRowProducts(fullWorkKernels));
         Assert.InRange(OneRowProducts(lastOnlyKernels), 4, 5);
 
+        // RunFrom (last-row logits only) skips the same rows; capturing the base computes every row.
+        using (var captured = lastOnly.CaptureBase(TokensA))
+        {
+            long before = OneRowProducts(lastOnlyKernels);
+            Compare.Close(lastOnly.RunFrom(captured, 1, 3).ToArray(), wantLast, 1e-5, $"{fixture}/{backend}: RunFrom(layer 1, row 3) with the skip");
+            Assert.InRange(OneRowProducts(lastOnlyKernels) - before, 4, 5);
+        }
+
         // The KV cache left behind is complete: decoding on from it gives the full run's logits.
         var next = new[] { TokensB[0] };
         all.Forward(next);
