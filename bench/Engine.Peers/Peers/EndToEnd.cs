@@ -49,11 +49,8 @@ public sealed class EnginePeer : IEndToEndPeer
     {
         _model = model;
         _backend = backend;
-        _skip = skipUnusedRows;
         _session = new Session(model, new SessionOptions { Backend = backend, Capacity = capacity, AllLogits = false, SkipUnusedRows = skipUnusedRows });
     }
-
-    readonly bool _skip;
 
     public string Name => "engine";
     public bool CanDecode => true;
@@ -62,7 +59,7 @@ public sealed class EnginePeer : IEndToEndPeer
         ["backend"] = _backend,
         ["threads"] = Engine.Kernels.Threading.WorkerPool.Shared.Threads.ToString(),
         ["kv_cache"] = "f32",
-        ["last_layer_rows"] = _skip ? "last only (no hooks)" : "all",
+        ["last_layer_rows"] = _session.SkipUnusedRows ? "last only (no hooks)" : "all",
         ["weights"] = string.Join("+", _model.ParameterCounts.OrderByDescending(kv => kv.Value).Select(kv => kv.Key.ToString())),
     };
 
